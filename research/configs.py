@@ -1,0 +1,88 @@
+"""The config every experiment starts from, and its validation.
+
+Experiments call `base_config()` and override what their recipe sets. Every knob of a run
+lives in this one object, which is saved beside the results as config.json.
+"""
+
+import ml_collections
+
+from research import preprocess
+from research.models import MODELS
+from research.training import losses
+from research.training import optim
+
+DATA_SOURCES = ("auto", "local", "tfds")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = "mnist"
+  c.data_dir = ""                 # '' -> $RESEARCH_DATA_DIR, then tfds
+  c.data_source = "auto"          # auto | local | tfds
+  c.validation_size = 0.0         # fraction (<1) or count of train examples held out
+  c.split_seed = 0                # the held-out split does not change with `seed`
+  c.normalize_mean = (0.0,)       # per channel, on pixels scaled to [0, 1]
+  c.normalize_std = (1.0,)
+  c.augment = "none"              # comma-separated: crop, flip
+  c.crop_padding = 4
+  # Model.
+  c.model = "mlp"
+  c.model_kwargs = ml_collections.ConfigDict()
+  # Optimisation.
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.momentum = 0.9
+  c.beta1 = 0.9
+  c.beta2 = 0.999
+  c.eps = 1e-7                    # Keras' default, which the seed recipes used
+  c.rmsprop_decay = 0.9
+  c.weight_decay = 0.0
+  c.lr_schedule = "constant"
+  c.warmup_epochs = 0.0
+  c.lr_decay_factor = 0.1
+  c.lr_step_epochs = ()          # epochs at which 'step' multiplies by lr_decay_factor
+  c.loss = "cross_entropy"
+  c.label_smoothing = 0.0
+  # Run.
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_epochs = 10
+  c.seed = 0
+  c.num_devices = 0               # 0 = every local device
+  c.log_every_steps = 200
+  c.eval_every_epochs = 1         # 0 = only at the end
+  c.final_train_eval = True       # re-evaluate the train split in inference mode at the end
+  c.progress = True
+  return c
+
+
+def _check_choice(config, key, choices):
+  if config[key] not in choices:
+    raise ValueError(f"config.{key}={config[key]!r} is not one of {sorted(choices)}.")
+
+
+def _check_positive(config, key, allow_zero=False):
+  value = config[key]
+  if value < 0 or (value == 0 and not allow_zero):
+    raise ValueError(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects bad values before any work starts, naming the key."""
+  _check_choice(config, "model", MODELS)
+  _check_choice(config, "optimizer", optim.OPTIMIZERS)
+  _check_choice(config, "lr_schedule", optim.SCHEDULES)
+  _check_choice(config, "loss", losses.LOSSES)
+  _check_choice(config, "data_source", DATA_SOURCES)
+  preprocess.parse_augment(config.augment)
+  for key in ("batch_size", "eval_batch_size", "num_epochs", "learning_rate",
+              "log_every_steps"):
+    _check_positive(config, key)
+  for key in ("weight_decay", "label_smoothing", "validation_size", "warmup_epochs",
+              "num_devices", "eval_every_epochs", "crop_padding"):
+    _check_positive(config, key, allow_zero=True)
+  if not 0 <= config.label_smoothing < 1:
+    raise ValueError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
+  if len(config.normalize_mean) != len(config.normalize_std):
+    raise ValueError("config.normalize_mean and config.normalize_std differ in length.")

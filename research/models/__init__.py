@@ -1,0 +1,36 @@
+"""Model registry: configs name models by string.
+
+    model = create_model("mnist_cnn", input_shape=(28, 28, 1), num_classes=10, seed=0)
+
+Adding a model is one function and one line in `MODELS`.
+"""
+
+from flax import nnx
+
+from research.models import cnn
+from research.models import mlp
+from research.models import vgg
+
+MODELS = {
+    "mlp": mlp.MLP,                  # S1 and the study MLPs
+    "mnist_cnn": cnn.mnist_cnn,      # S2
+    "minimal_cnn": cnn.minimal_cnn,  # S3
+    "lenet5": cnn.lenet5,            # S4
+    "cnn32": cnn.cnn32,              # S5
+    "dropout_cnn": cnn.dropout_cnn,  # S6
+    "vgg": vgg.VGG,                  # the main job's CIFAR CNN
+}
+
+
+def create_model(name: str, *, input_shape, num_classes: int, seed: int = 0, **kwargs):
+  """Builds a registered model with parameters initialised from `seed`."""
+  try:
+    factory = MODELS[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown model {name!r}; registered models are {sorted(MODELS)}.") from None
+  try:
+    return factory(input_shape=tuple(input_shape), num_classes=num_classes,
+                   rngs=nnx.Rngs(params=seed), **kwargs)
+  except TypeError as e:
+    raise ValueError(f"Bad hyperparameters for model {name!r}: {e}") from e

@@ -1,0 +1,39 @@
+"""Multi-layer perceptrons: seed S1 (784-64-10) and the MLPs of the overfitting studies."""
+
+from collections.abc import Sequence
+
+from flax import nnx
+import jax
+import numpy as np
+
+from research.models import base
+from research.models import layers
+
+
+class MLP(nnx.Module):
+  """Flatten -> [Dense -> activation -> dropout] * len(widths) -> Dense(num_classes)."""
+
+  def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
+               widths: Sequence[int] = (64,), activation: str = "relu",
+               dropout: float = 0.0, input_dropout: float = 0.0):
+    self.input_shape = tuple(input_shape)
+    self.num_classes = num_classes
+    self.act = layers.activation(activation)
+    self.dropout_rate = dropout
+    self.input_dropout_rate = input_dropout
+    sizes = [int(np.prod(input_shape)), *widths]
+    self.hidden = nnx.List(
+        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    base.check_input(x, self.input_shape)
+    h = base.flatten(x)
+    h = layers.dropout(h, self.input_dropout_rate, layers.layer_key(dropout_key, 0), train)
+    for i, dense in enumerate(self.hidden):
+      h = self.act(dense(h))
+      h = layers.dropout(h, self.dropout_rate, layers.layer_key(dropout_key, i + 1), train)
+    logits = self.head(h)
+    base.check_logits(logits, x.shape[0], self.num_classes)
+    return logits

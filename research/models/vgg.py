@@ -1,0 +1,67 @@
+"""The stronger CIFAR CNN of the main job: VGG-style blocks with BatchNorm and dropout.
+
+Each block is [Conv 3x3 (same) -> BatchNorm -> ReLU] * convs_per_block -> MaxPool 2 ->
+Dropout; then global average pooling and one Dense head. Widths are scaled by
+`width_multiplier` for capacity sweeps.
+"""
+
+from collections.abc import Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from research.models import base
+from research.models import layers
+
+
+class VGG(nnx.Module):
+
+  def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
+               widths: Sequence[int] = (32, 64, 128), convs_per_block: int = 2,
+               batch_norm: bool = True, dropout: float | Sequence[float] = 0.0,
+               head_dropout: float = 0.0, width_multiplier: float = 1.0,
+               activation: str = "relu", bn_momentum: float = 0.9):
+    self.input_shape = tuple(input_shape)
+    self.num_classes = num_classes
+    self.act = layers.activation(activation)
+    widths = [max(1, round(w * width_multiplier)) for w in widths]
+    if isinstance(dropout, (int, float)):
+      dropout = [float(dropout)] * len(widths)
+    if len(dropout) != len(widths):
+      raise ValueError(f"dropout {dropout} must have one rate per block {widths}")
+    self.block_dropout = tuple(dropout)
+    self.head_dropout = head_dropout
+    self.convs_per_block = convs_per_block
+    convs, norms = [], []
+    in_ch = input_shape[-1]
+    for width in widths:
+      for _ in range(convs_per_block):
+        convs.append(nnx.Conv(in_ch, width, (3, 3), padding="SAME",
+                              use_bias=not batch_norm, rngs=rngs))
+        if batch_norm:
+          norms.append(nnx.BatchNorm(width, momentum=bn_momentum, rngs=rngs))
+        in_ch = width
+    self.convs = nnx.List(convs)
+    self.norms = nnx.List(norms)
+    self.head = nnx.Linear(in_ch, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    base.check_input(x, self.input_shape)
+    h = x
+    for i, conv in enumerate(self.convs):
+      h = conv(h)
+      if self.norms:
+        h = self.norms[i](h, use_running_average=not train)
+      h = self.act(h)
+      if (i + 1) % self.convs_per_block == 0:
+        block = i // self.convs_per_block
+        h = layers.max_pool(h)
+        h = layers.dropout(h, self.block_dropout[block],
+                           layers.layer_key(dropout_key, block), train)
+    h = jnp.mean(h, axis=(1, 2))
+    h = layers.dropout(h, self.head_dropout, layers.layer_key(dropout_key, len(self.block_dropout)), train)
+    logits = self.head(h)
+    base.check_logits(logits, x.shape[0], self.num_classes)
+    return logits

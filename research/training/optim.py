@@ -1,0 +1,69 @@
+"""Optimisers and learning-rate schedules from the config, all from optax."""
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle")
+
+
+def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Schedules are written in epochs in the config and converted to steps here."""
+  lr = config.learning_rate
+  total = max(1, config.num_epochs * steps_per_epoch)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  name = config.lr_schedule
+  if name == "constant":
+    return optax.constant_schedule(lr)
+  if name == "step":
+    boundaries = {int(e * steps_per_epoch): config.lr_decay_factor
+                  for e in config.lr_step_epochs}
+    return optax.piecewise_constant_schedule(lr, boundaries)
+  if name == "exponential":  # x decay_factor per epoch, as in Zhang et al. (0.95)
+    return optax.exponential_decay(lr, steps_per_epoch, config.lr_decay_factor)
+  if name == "cosine":
+    return optax.cosine_decay_schedule(lr, total)
+  if name == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(1, warmup), total)
+  if name == "onecycle":  # linear up to the peak, then linearly down to zero
+    peak = max(1, warmup or total // 5)
+    return optax.join_schedules(
+        [optax.linear_schedule(lr * 0.1, lr, peak),
+         optax.linear_schedule(lr, 0.0, max(1, total - peak))], [peak])
+  raise ValueError(f"config.lr_schedule={name!r} is unknown; choose one of {SCHEDULES}.")
+
+
+def _decay_mask(params):
+  """Weight decay applies to kernels, not to biases or BatchNorm scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Returns (optax transformation, learning-rate schedule).
+
+  `weight_decay` is decoupled for adamw (Loshchilov & Hutter). For every other optimiser
+  it is added to the gradient before the update, as PyTorch's `weight_decay` does.
+  """
+  schedule = create_schedule(config, steps_per_epoch)
+  name, wd = config.optimizer, config.weight_decay
+  if name == "sgd":
+    tx = optax.sgd(schedule)
+  elif name == "momentum":
+    tx = optax.sgd(schedule, momentum=config.momentum)
+  elif name == "nesterov":
+    tx = optax.sgd(schedule, momentum=config.momentum, nesterov=True)
+  elif name == "adam":
+    tx = optax.adam(schedule, b1=config.beta1, b2=config.beta2, eps=config.eps)
+  elif name == "adamw":
+    tx = optax.adamw(schedule, b1=config.beta1, b2=config.beta2, eps=config.eps,
+                     weight_decay=wd, mask=_decay_mask)
+  elif name == "rmsprop":
+    tx = optax.rmsprop(schedule, decay=config.rmsprop_decay, eps=config.eps)
+  elif name == "adadelta":
+    tx = optax.adadelta(schedule, eps=config.eps)
+  else:
+    raise ValueError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
+  if wd and name != "adamw":
+    tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
+  return tx, schedule

@@ -1,0 +1,44 @@
+"""The train state pytree and the pure model application.
+
+The NNX model is split once into a static graph definition and two pytrees: parameters
+and BatchNorm statistics. The jitted step merges them back for a forward pass and splits
+the updated statistics out again, so everything jit sees is a pure function of pytrees.
+"""
+
+from typing import Any
+
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array                 # int32 scalar: optimiser updates done so far
+  params: nnx.State
+  batch_stats: nnx.State          # empty for models without BatchNorm
+  opt_state: Any
+  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> TrainState:
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=batch_stats, opt_state=tx.init(params),
+                    graphdef=graphdef, tx=tx)
+
+
+def apply_model(state: TrainState, params: nnx.State, images: jax.Array, *,
+                train: bool, dropout_key: jax.Array | None = None):
+  """Returns (logits, updated BatchNorm statistics)."""
+  model = nnx.merge(state.graphdef, params, state.batch_stats)
+  logits = model(images, train=train, dropout_key=dropout_key)
+  _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return logits, batch_stats
+
+
+def count_params(state: TrainState) -> int:
+  return sum(x.size for x in jax.tree.leaves(state.params))

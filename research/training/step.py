@@ -1,0 +1,59 @@
+"""The jitted train and eval steps.
+
+`train_step(state, batch, key) -> (state, metrics)` is a pure function: augmentation and
+dropout draw from `key`, which the loop derives from (seed, step) alone, so a run is
+reproducible and resumes exactly without saving any random state.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from research import preprocess
+from research.training import losses
+from research.training.state import TrainState, apply_model
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What the step needs from the run config, as hashable static values."""
+  loss: str = "cross_entropy"
+  label_smoothing: float = 0.0
+  mean: tuple[float, ...] = (0.0,)
+  std: tuple[float, ...] = (1.0,)
+  augment: tuple[str, ...] = ()
+  crop_padding: int = 4
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
+  """One optimiser update on `batch = {'image': uint8 NHWC, 'label': int32 N}`."""
+  augment_key, dropout_key = jax.random.split(key)
+  images = preprocess.normalize(batch["image"], cfg.mean, cfg.std)
+  if cfg.augment:
+    images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding)
+
+  def loss_fn(params):
+    logits, batch_stats = apply_model(state, params, images, train=True,
+                                      dropout_key=dropout_key)
+    loss = losses.per_example_loss(cfg.loss, logits, batch["label"],
+                                   cfg.label_smoothing).mean()
+    return loss, (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state)
+  metrics = {"loss": loss,
+             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, cfg: StepConfig):
+  """Per-example losses and predicted classes, in inference mode."""
+  images = preprocess.normalize(batch["image"], cfg.mean, cfg.std)
+  logits, _ = apply_model(state, state.params, images, train=False)
+  loss = losses.per_example_loss(cfg.loss, logits, batch["label"], 0.0)
+  return loss, jnp.argmax(logits, -1)
