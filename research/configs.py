@@ -10,6 +10,7 @@ from research import preprocess
 from research.models import MODELS
 from research.training import losses
 from research.training import optim
+from research import errors
 
 DATA_SOURCES = ("auto", "local", "tfds")
 
@@ -22,6 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_source = "auto"          # auto | local | tfds
   c.validation_size = 0.0         # fraction (<1) or count of train examples held out
   c.split_seed = 0                # the held-out split does not change with `seed`
+  c.train_subset = 0              # train on this many examples (0 = all), seeded
+  c.test_subset = 0               # evaluate on this many test examples (0 = all)
   c.normalize_mean = (0.0,)       # per channel, on pixels scaled to [0, 1]
   c.normalize_std = (1.0,)
   c.augment = "none"              # comma-separated: crop, flip
@@ -59,13 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _check_choice(config, key, choices):
   if config[key] not in choices:
-    raise ValueError(f"config.{key}={config[key]!r} is not one of {sorted(choices)}.")
+    raise errors.ConfigError(f"config.{key}={config[key]!r} is not one of {sorted(choices)}.")
 
 
 def _check_positive(config, key, allow_zero=False):
   value = config[key]
   if value < 0 or (value == 0 and not allow_zero):
-    raise ValueError(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}.")
+    raise errors.ConfigError(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -80,9 +83,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "log_every_steps"):
     _check_positive(config, key)
   for key in ("weight_decay", "label_smoothing", "validation_size", "warmup_epochs",
-              "num_devices", "eval_every_epochs", "crop_padding"):
+              "num_devices", "eval_every_epochs", "crop_padding", "train_subset",
+              "test_subset"):
     _check_positive(config, key, allow_zero=True)
   if not 0 <= config.label_smoothing < 1:
-    raise ValueError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
+    raise errors.ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
   if len(config.normalize_mean) != len(config.normalize_std):
-    raise ValueError("config.normalize_mean and config.normalize_std differ in length.")
+    raise errors.ConfigError("config.normalize_mean and config.normalize_std differ in length.")

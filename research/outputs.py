@@ -8,6 +8,8 @@ import subprocess
 
 import ml_collections
 
+from research import errors
+
 RESULT_FILES = ("summary.json", "metrics.jsonl")
 
 
@@ -27,7 +29,7 @@ class RunDir:
     """Never overwrite the results of an earlier run."""
     existing = [f for f in RESULT_FILES if (self.path / f).exists()]
     if existing:
-      raise FileExistsError(
+      raise errors.WorkdirError(
           f"{self.path} already holds results of an earlier run ({', '.join(existing)}). "
           "Pass a new --workdir, or move the old one away; nothing was changed.")
 
@@ -35,7 +37,7 @@ class RunDir:
     try:
       self.path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise OSError(f"Cannot create workdir {self.path}: {e.strerror}") from e
+      raise errors.WorkdirError(f"Cannot create workdir {self.path}: {e.strerror}") from e
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     _write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2) + "\n")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from research import errors
+
 AUGMENTATIONS = ("crop", "flip")
 
 
@@ -17,7 +19,7 @@ def parse_augment(spec: str) -> tuple[str, ...]:
   ops = tuple(s.strip() for s in spec.split(",") if s.strip() and s.strip() != "none")
   unknown = [op for op in ops if op not in AUGMENTATIONS]
   if unknown:
-    raise ValueError(f"config.augment: unknown op(s) {unknown}; choose from "
+    raise errors.ConfigError(f"config.augment: unknown op(s) {unknown}; choose from "
                      f"{list(AUGMENTATIONS)}, comma-separated, or 'none'.")
   return ops
 

@@ -9,6 +9,8 @@ and on a TPU.
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from research import errors
+
 DATA_AXIS = "data"
 
 
@@ -17,7 +19,7 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   devices = jax.local_devices()
   if num_devices:
     if num_devices > len(devices):
-      raise ValueError(f"num_devices={num_devices} but only {len(devices)} "
+      raise errors.ConfigError(f"num_devices={num_devices} but only {len(devices)} "
                        f"{devices[0].platform} devices are available.")
     devices = devices[:num_devices]
   # Auto axes keep the classic GSPMD propagation: we only pin inputs and outputs.
@@ -35,7 +37,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(batch_size: int, mesh: Mesh, key: str = "batch_size") -> None:
   if batch_size % mesh.size:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.{key}={batch_size} must be divisible by the number of devices "
         f"({mesh.size}); pick a multiple of {mesh.size} or set config.num_devices.")
 

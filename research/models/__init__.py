@@ -10,6 +10,7 @@ from flax import nnx
 from research.models import cnn
 from research.models import mlp
 from research.models import vgg
+from research import errors
 
 MODELS = {
     "mlp": mlp.MLP,                  # S1 and the study MLPs
@@ -27,10 +28,10 @@ def create_model(name: str, *, input_shape, num_classes: int, seed: int = 0, **k
   try:
     factory = MODELS[name]
   except KeyError:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Unknown model {name!r}; registered models are {sorted(MODELS)}.") from None
   try:
     return factory(input_shape=tuple(input_shape), num_classes=num_classes,
                    rngs=nnx.Rngs(params=seed), **kwargs)
   except TypeError as e:
-    raise ValueError(f"Bad hyperparameters for model {name!r}: {e}") from e
+    raise errors.ConfigError(f"Bad hyperparameters for model {name!r}: {e}") from e

@@ -9,6 +9,7 @@ import jax
 
 from research.models import base
 from research.models import layers
+from research import errors
 
 
 def _spatial_after(size: int, convs: Sequence[int]) -> int:
@@ -29,11 +30,11 @@ class ConvPoolNet(nnx.Module):
                dense: Sequence[int] = (), activation: str = "relu",
                dropout: float = 0.0):
     if len(channels) != len(kernels):
-      raise ValueError(f"channels {channels} and kernels {kernels} differ in length")
+      raise errors.ConfigError(f"channels {channels} and kernels {kernels} differ in length")
     h, w, c = input_shape
     side_h, side_w = _spatial_after(h, kernels), _spatial_after(w, kernels)
     if min(side_h, side_w) < 1:
-      raise ValueError(f"input {input_shape} is too small for kernels {kernels}")
+      raise errors.ConfigError(f"input {input_shape} is too small for kernels {kernels}")
     self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
     self.act = layers.activation(activation)

@@ -10,6 +10,8 @@ gradients wherever the maximum in a window is unique.
 import jax
 import jax.numpy as jnp
 
+from research import errors
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
@@ -22,7 +24,7 @@ def activation(name: str):
   try:
     return ACTIVATIONS[name]
   except KeyError:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.") from None
 
 
@@ -40,7 +42,7 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None, train: bool) -> ja
   if not train or rate == 0.0:
     return x
   if key is None:
-    raise ValueError("dropout needs a key in training mode: pass dropout_key=...")
+    raise errors.ConfigError("dropout needs a key in training mode: pass dropout_key=...")
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from research.models import base
 from research.models import layers
+from research import errors
 
 
 class VGG(nnx.Module):
@@ -29,7 +30,7 @@ class VGG(nnx.Module):
     if isinstance(dropout, (int, float)):
       dropout = [float(dropout)] * len(widths)
     if len(dropout) != len(widths):
-      raise ValueError(f"dropout {dropout} must have one rate per block {widths}")
+      raise errors.ConfigError(f"dropout {dropout} must have one rate per block {widths}")
     self.block_dropout = tuple(dropout)
     self.head_dropout = head_dropout
     self.convs_per_block = convs_per_block

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research import errors
+
 LOSSES = ("cross_entropy", "mse")
 
 
@@ -19,4 +21,4 @@ def per_example_loss(name: str, logits: jax.Array, labels: jax.Array,
     return optax.softmax_cross_entropy(logits, targets)
   if name == "mse":
     return jnp.mean(jnp.square(jax.nn.softmax(logits) - targets), axis=-1)
-  raise ValueError(f"config.loss={name!r} is unknown; choose one of {LOSSES}.")
+  raise errors.ConfigError(f"config.loss={name!r} is unknown; choose one of {LOSSES}.")

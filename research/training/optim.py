@@ -4,6 +4,8 @@ import jax
 import ml_collections
 import optax
 
+from research import errors
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle")
 
@@ -31,7 +33,7 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
     return optax.join_schedules(
         [optax.linear_schedule(lr * 0.1, lr, peak),
          optax.linear_schedule(lr, 0.0, max(1, total - peak))], [peak])
-  raise ValueError(f"config.lr_schedule={name!r} is unknown; choose one of {SCHEDULES}.")
+  raise errors.ConfigError(f"config.lr_schedule={name!r} is unknown; choose one of {SCHEDULES}.")
 
 
 def _decay_mask(params):
@@ -63,7 +65,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   elif name == "adadelta":
     tx = optax.adadelta(schedule, eps=config.eps)
   else:
-    raise ValueError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
+    raise errors.ConfigError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
   if wd and name != "adamw":
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
   return tx, schedule

@@ -34,7 +34,8 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> T
 def apply_model(state: TrainState, params: nnx.State, images: jax.Array, *,
                 train: bool, dropout_key: jax.Array | None = None):
   """Returns (logits, updated BatchNorm statistics)."""
-  model = nnx.merge(state.graphdef, params, state.batch_stats)
+  # copy=True: fresh Variables at this trace level, which BatchNorm may then update.
+  model = nnx.merge(state.graphdef, params, state.batch_stats, copy=True)
   logits = model(images, train=train, dropout_key=dropout_key)
   _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return logits, batch_stats
