@@ -120,6 +120,12 @@ def _mean_metrics(pending: list[dict]) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates, writes config.json, metrics.jsonl and summary.json; returns the
   summary."""
+  return run_training(config, workdir)[1]
+
+
+def run_training(config: ml_collections.ConfigDict,
+                 workdir: str) -> tuple[TrainState, dict]:
+  """`train_and_evaluate` that also returns the final train state."""
   configs.validate(config)
   run = outputs.RunDir(workdir)
   run.refuse_existing_results()
@@ -154,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                f"{len(dataset.test.labels)} test; model {config.model} with "
                f"{count_params(state):,} parameters on {mesh.size} "
                f"{mesh.devices.flat[0].platform} device(s)")
-  train_seconds, history, last_train = 0.0, [], {}
+  train_seconds, last_train = 0.0, {}
 
   def evaluate_split(name, epoch, step):
     images, labels = eval_splits[name]
@@ -162,7 +168,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record = {"step": step, "epoch": epoch, "split": name, "loss": float(losses.mean()),
               "accuracy": float(np.mean(preds == np.asarray(labels)))}
     run.log_metrics(record)
-    history.append(record)
     return record, preds
 
   for epoch in range(config.num_epochs):
@@ -204,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  wall_time_s=time.perf_counter() - start, train_time_s=train_seconds,
                  examples_per_s=total_steps * config.batch_size / max(train_seconds, 1e-9))
   run.write_summary(summary)
-  return summary
+  return state, summary
 
 
 def _final_summary(config, dataset, state, evaluate, evaluate_split, train_images,

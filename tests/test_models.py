@@ -1,0 +1,79 @@
+"""Every registered model: output shapes (chex), seed parameter counts, shape errors, and
+the reshape max-pool against flax's reduce_window pooling."""
+
+import chex
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import errors
+from research.models import MODELS, create_model, layers
+
+MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
+# Parameter counts of the seed recipes, computed by hand from the layer shapes.
+SEED_PARAMS = {
+    ("mlp", MNIST): 784 * 64 + 64 + 64 * 10 + 10,                                  # S1
+    ("mnist_cnn", MNIST): 320 + 18496 + 1600 * 128 + 128 + 1290,                   # S2
+    ("minimal_cnn", MNIST): 320 + 13 * 13 * 32 * 10 + 10,                         # S3
+    ("lenet5", CIFAR): 62006,                                                     # S4
+    ("cnn32", CIFAR): 896 + 18496 + 2304 * 64 + 64 + 650,                         # S5
+    ("dropout_cnn", CIFAR): 4864 + 204928 + 3200 * 1024 + 1024 + 10250,           # S6
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("shape", [MNIST, CIFAR])
+def test_output_shape(name, shape):
+  model = create_model(name, input_shape=shape, num_classes=7, seed=0)
+  for train in (False, True):
+    logits = model(jnp.zeros((3, *shape)), train=train, dropout_key=jax.random.key(1))
+    chex.assert_shape(logits, (3, 7))
+    chex.assert_tree_all_finite(logits)
+
+
+@pytest.mark.parametrize("name,shape", sorted(SEED_PARAMS))
+def test_seed_parameter_counts(name, shape):
+  model = create_model(name, input_shape=shape, num_classes=10)
+  params = nnx.state(model, nnx.Param)
+  assert sum(x.size for x in jax.tree.leaves(params)) == SEED_PARAMS[(name, shape)]
+
+
+def test_wrong_input_shape_is_caught():
+  model = create_model("mnist_cnn", input_shape=MNIST, num_classes=10)
+  with pytest.raises(AssertionError):
+    model(jnp.zeros((2, 32, 32, 3)))
+
+
+def test_unknown_model_and_bad_kwargs_name_the_problem():
+  with pytest.raises(errors.ConfigError, match="registered models"):
+    create_model("resnet9000", input_shape=MNIST, num_classes=10)
+  with pytest.raises(errors.ConfigError, match="mlp"):
+    create_model("mlp", input_shape=MNIST, num_classes=10, widht=3)
+
+
+def test_dropout_is_active_only_in_training():
+  model = create_model("mlp", input_shape=MNIST, num_classes=10, widths=(256,), dropout=0.5)
+  x = jax.random.normal(jax.random.key(0), (4, *MNIST))
+  a = model(x, train=True, dropout_key=jax.random.key(1))
+  b = model(x, train=True, dropout_key=jax.random.key(2))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(model(x), model(x, train=False))
+
+
+def test_width_multiplier_scales_vgg():
+  small = create_model("vgg", input_shape=CIFAR, num_classes=10, width_multiplier=0.5)
+  big = create_model("vgg", input_shape=CIFAR, num_classes=10, width_multiplier=2.0)
+  count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  assert count(big) > 10 * count(small)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 9, 7, 4)])
+def test_reshape_max_pool_matches_reduce_window(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  reference = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(layers.max_pool(x), reference(x))
+  # Random normal inputs have a unique maximum in every window, so gradients agree too.
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 2))(x)
+  np.testing.assert_allclose(grad(layers.max_pool), grad(reference), atol=1e-6)
