@@ -1,0 +1,86 @@
+"""The main job: a VGG-style CNN with BatchNorm on CIFAR-10, sized for a laptop CPU.
+
+    python -m experiments.cifar_cnn [--workdir DIR] [--config.KEY=VALUE ...]
+    python -m experiments.cifar_cnn --config=experiments/cifar_cnn.py:VARIANT
+
+Default: VGG blocks of widths 16-32-64, two 3x3 conv + BatchNorm + ReLU per block, max
+pooling, global average pooling; random 2-pixel translation and horizontal flips on the
+device; SGD with Nesterov momentum, a one-cycle learning rate, weight decay 5e-4 and label
+smoothing 0.1; batch 128 for 10 epochs on the 50,000 training images.
+
+Variants:
+  lenet    seed S4: LeNet-5, inputs normalised with mean 0.5 and std 0.5, SGD lr 0.001,
+           momentum 0.9, batch 32, 2 epochs.
+  seed_s5  seed S5: the 32x32 CNN, pixels / 255, Adam, batch 32, 10 epochs. Point
+           --config.dataset=folder --config.data_dir=DIR at any train/ and test/ class
+           folders to run it on your own images.
+  seed_s6  seed S6: the dropout CNN, SGD lr 0.001 momentum 0.9, batch 4, 2 epochs.
+  full     the default model at twice the width for 40 epochs: for a GPU or TPU.
+  smoke    the default code path on 512 images for one epoch (tests and CI).
+
+Measured: see the table in README.md (filled from `summary.json` of real runs).
+"""
+
+import ml_collections
+
+from research import configs
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _default():
+  c = configs.base_config()
+  c.dataset = "cifar10"
+  c.model = "vgg"
+  c.model_kwargs.widths = (16, 32, 64)
+  c.model_kwargs.convs_per_block = 2
+  c.model_kwargs.dropout = 0.0
+  c.model_kwargs.width_multiplier = 1.0
+  c.normalize_mean, c.normalize_std = CIFAR_MEAN, CIFAR_STD
+  c.augment, c.crop_padding = "crop,flip", 2
+  c.optimizer, c.learning_rate, c.momentum, c.weight_decay = "nesterov", 0.2, 0.9, 5e-4
+  c.lr_schedule, c.warmup_epochs, c.label_smoothing = "onecycle", 2.0, 0.1
+  c.batch_size, c.num_epochs = 128, 10
+  return c
+
+
+def _seed_recipe(c, model, **settings):
+  """The seed recipes train plain models with no augmentation or regularisation."""
+  c.model, c.model_kwargs = model, ml_collections.ConfigDict()
+  c.augment, c.weight_decay, c.label_smoothing, c.lr_schedule = "none", 0.0, 0.0, "constant"
+  for key, value in settings.items():
+    c[key] = value
+  return c
+
+
+def get_config(variant: str | None = None):
+  c = _default()
+  if variant in (None, "", "default"):
+    return c
+  if variant == "smoke":
+    c.train_subset, c.test_subset, c.num_epochs, c.log_every_steps = 512, 256, 1, 1
+    c.warmup_epochs = 0.3
+    return c
+  if variant == "full":
+    c.model_kwargs.width_multiplier, c.num_epochs, c.warmup_epochs = 2.0, 40, 5.0
+    return c
+  half = (0.5, 0.5, 0.5)
+  if variant == "lenet":
+    return _seed_recipe(c, "lenet5", normalize_mean=half, normalize_std=half,
+                        optimizer="momentum", learning_rate=1e-3, momentum=0.9,
+                        batch_size=32, num_epochs=2)
+  if variant == "seed_s5":
+    return _seed_recipe(c, "cnn32", normalize_mean=(0.0,), normalize_std=(1.0,),
+                        optimizer="adam", learning_rate=1e-3, batch_size=32, num_epochs=10)
+  if variant == "seed_s6":
+    return _seed_recipe(c, "dropout_cnn", normalize_mean=(0.0,), normalize_std=(1.0,),
+                        optimizer="momentum", learning_rate=1e-3, momentum=0.9,
+                        batch_size=4, num_epochs=2, log_every_steps=1000)
+  raise ValueError(f"Unknown variant {variant!r} of cifar_cnn; choose lenet, seed_s5, "
+                   "seed_s6, full or smoke.")
+
+
+if __name__ == "__main__":
+  from research import cli
+  cli.main(__file__)

@@ -1,0 +1,75 @@
+"""The command line, run as users run it: in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+
+def run_cli(module, *args, env=None, timeout=300):
+  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=REPO,
+                        env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.mark.parametrize("module", ["mnist_mlp", "mnist_cnn", "cifar_cnn"])
+def test_smoke_variant_trains_and_reports(module, data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  result = run_cli(module, f"--config=experiments/{module}.py:smoke", f"--workdir={workdir}",
+                   env={"RESEARCH_DATA_DIR": str(data_dir)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "test accuracy" in result.stdout
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+  assert summary["steps"] > 0
+  # Not a TTY here, so progress comes as plain lines with an ETA.
+  assert "eta" in result.stdout
+
+
+def test_unknown_config_key_fails_before_work(tmp_path):
+  workdir = tmp_path / "run"
+  result = run_cli("mnist_mlp", "--config.no_such_key=3", f"--workdir={workdir}")
+  assert result.returncode != 0
+  assert "no_such_key" in result.stderr
+  assert not workdir.exists()
+
+
+def test_wrong_type_fails_before_work(tmp_path):
+  workdir = tmp_path / "run"
+  result = run_cli("mnist_mlp", "--config.batch_size=many", f"--workdir={workdir}")
+  assert result.returncode != 0
+  assert "batch_size" in result.stderr
+  assert not workdir.exists()
+
+
+def test_bad_value_names_the_key(tmp_path):
+  result = run_cli("mnist_mlp", "--config.optimizer=adamm", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 2
+  assert "config.optimizer" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_missing_data_fails_fast_and_says_how_to_fix(tmp_path):
+  start = time.monotonic()
+  result = run_cli("mnist_mlp", f"--config.data_dir={tmp_path / 'nowhere'}",
+                   "--config.data_source=local", f"--workdir={tmp_path / 'run'}",
+                   env={"RESEARCH_DATA_DIR": ""})
+  assert time.monotonic() - start < 60
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert "nowhere" in result.stderr                 # where it looked
+  assert "--config.data_dir" in result.stderr       # how to fix it
+  assert "RESEARCH_DATA_DIR" in result.stderr
+  assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_unknown_variant_is_an_error(tmp_path):
+  result = run_cli("cifar_cnn", "--config=experiments/cifar_cnn.py:huge",
+                   f"--workdir={tmp_path / 'run'}")
+  assert result.returncode != 0
+  assert "huge" in result.stderr
