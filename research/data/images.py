@@ -1,0 +1,124 @@
+"""The image-folder layout: `train/<class>/<image>` and `test/<class>/<image>`.
+
+Class names are the folder names, sorted, so that label ids do not depend on the order in
+which a file system or an archive lists them. The collector below is shared by the directory
+reader here and the streaming tar reader in `archives.py`."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from research.data.types import CorruptDataError, Decoded, Split
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+SPLITS = ("train", "test")
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def is_image_name(name: str) -> bool:
+  base = name.rsplit("/", 1)[-1]
+  # macOS archives carry "._foo.png" resource forks next to every file; they are not images.
+  return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+  """Bytes of a PNG/JPEG/BMP -> (H, W, C) uint8 with C=1 (grayscale) or 3 (colour)."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      # load() forces the full decode so that a truncated file fails here, naming the file,
+      # rather than later as an all-black image.
+      image.load()
+      if image.mode not in ("L", "RGB"):
+        image = image.convert("L" if image.mode in _GRAY_MODES else "RGB")
+      pixels = np.asarray(image, dtype=np.uint8)
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
+    raise CorruptDataError(f"cannot decode image {where}: {type(e).__name__}: {e}") from e
+  return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+class ImageCollector:
+  """Accumulates decoded images per split and class, then stacks them into Splits."""
+
+  def __init__(self, source: str):
+    self.source = source
+    self.images = {split: [] for split in SPLITS}
+    self.classes = {split: [] for split in SPLITS}
+    self.where = {split: [] for split in SPLITS}
+    self._shape = None  # (H, W) of the first image: every image must match it
+    self._first = None
+
+  def add(self, split: str, class_name: str, data: bytes, where: str) -> None:
+    pixels = decode_image(data, where)
+    if self._shape is None:
+      self._shape, self._first = pixels.shape[:2], where
+    elif pixels.shape[:2] != self._shape:
+      raise CorruptDataError(
+          f"image {where} is {pixels.shape[1]}x{pixels.shape[0]} (WxH) but {self._first} is "
+          f"{self._shape[1]}x{self._shape[0]}: every image in a dataset must have the same size; "
+          f"resize the images or remove the odd one out")
+    self.images[split].append(pixels)
+    self.classes[split].append(class_name)
+    self.where[split].append(where)
+
+  def finish(self) -> Decoded:
+    layout = "expected <split>/<class>/<image>.png|jpg|jpeg|bmp with splits train/ and test/"
+    for split in SPLITS:
+      if not self.images[split]:
+        raise CorruptDataError(f"no images found for split '{split}' in {self.source} ({layout})")
+    class_names = tuple(sorted(set(self.classes["train"])))
+    unknown = sorted(set(self.classes["test"]) - set(class_names))
+    if unknown:
+      raise CorruptDataError(f"{self.source}: test/ has classes {unknown} that train/ lacks")
+    label_of = {name: i for i, name in enumerate(class_names)}
+    channels = max(image.shape[2] for split in SPLITS for image in self.images[split])
+    splits = {}
+    for split in SPLITS:
+      images = self.images[split]
+      if channels == 3:
+        # A few grayscale files inside a colour dataset are common (ImageNet has some):
+        # promote them rather than fail.
+        images = [np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x for x in images]
+      splits[split] = Split(np.stack(images),
+                            np.array([label_of[c] for c in self.classes[split]], np.int32))
+    return Decoded(splits["train"], splits["test"], class_names)
+
+
+def find_tree_root(path: pathlib.Path) -> pathlib.Path | None:
+  """`path` itself if it holds train/, else its only subfolder that does (one level down:
+  archives often unpack to `name/train/...`)."""
+  if (path / "train").is_dir():
+    return path
+  subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+  if len(subdirs) == 1 and (subdirs[0] / "train").is_dir():
+    return subdirs[0]
+  return None
+
+
+def image_files(root: pathlib.Path) -> list[tuple[str, str, pathlib.Path]]:
+  """(split, class, path) of every image under root/train and root/test, in sorted order."""
+  found = []
+  for split in SPLITS:
+    split_dir = root / split
+    if not split_dir.is_dir():
+      continue
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+      for name in sorted(os.listdir(class_dir)):
+        if is_image_name(name):
+          found.append((split, class_dir.name, class_dir / name))
+  return found
+
+
+def read_image_folder(root: pathlib.Path) -> Decoded:
+  collector = ImageCollector(str(root))
+  for split, class_name, path in image_files(root):
+    try:
+      data = path.read_bytes()
+    except OSError as e:
+      raise CorruptDataError(f"cannot read image {path}: {e}") from e
+    collector.add(split, class_name, data, str(path))
+  return collector.finish()
