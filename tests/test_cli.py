@@ -73,3 +73,21 @@ def test_unknown_variant_is_an_error(tmp_path):
                    f"--workdir={tmp_path / 'run'}")
   assert result.returncode != 0
   assert "huge" in result.stderr
+
+
+def test_mnist_cnn_on_a_folder_of_fashion_mnist_idx_files(tmp_path):
+  """`--config.dataset=fashion_mnist` against the four standard IDX.gz files."""
+  from research.data import synthetic
+  folder = synthetic.write_idx_set(
+      tmp_path / "fashion", synthetic.make_arrays(10, 64, (28, 28, 1), seed=0),
+      synthetic.make_arrays(10, 8, (28, 28, 1), seed=1), compress=True)
+  workdir = tmp_path / "run"
+  result = run_cli("mnist_cnn", "--config=experiments/mnist_cnn.py:smoke",
+                   "--config.dataset=fashion_mnist", f"--config.data_dir={folder}",
+                   f"--workdir={workdir}",
+                   env={"RESEARCH_CACHE_DIR": str(tmp_path / "cache")})
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["dataset"] == "fashion_mnist"
+  assert summary["class_names"][0] == "T-shirt/top"
+  assert "idx" in summary["data_source"].lower()

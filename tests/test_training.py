@@ -66,6 +66,7 @@ def test_outputs_in_workdir(tiny_folder, tmp_path):
     assert key in saved, key
   assert np.sum(saved["test_confusion_matrix"]) == 12
   assert json.loads((workdir / "config.json").read_text())["model"] == "mnist_cnn"
+  assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   splits = {r["split"] for r in records}
   assert splits == {"train", "test", "validation"}

@@ -19,6 +19,7 @@ from research import configs
 from research import data as data_lib
 from research import metrics as metrics_lib
 from research import outputs
+from research import plots
 from research import preprocess
 from research import progress as progress_lib
 from research import sharding
@@ -209,6 +210,7 @@ def run_training(config: ml_collections.ConfigDict,
                  wall_time_s=time.perf_counter() - start, train_time_s=train_seconds,
                  examples_per_s=total_steps * config.batch_size / max(train_seconds, 1e-9))
   run.write_summary(summary)
+  plots.plot_learning_curves(workdir, title=f"{config.model} on {dataset.name}")
   return state, summary
 
 

@@ -1,0 +1,40 @@
+"""Plots of a run, written beside its metrics: people would rather look than read."""
+
+import json
+import pathlib
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_learning_curves(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path:
+  """curves.png: loss and accuracy against epochs, one line per split."""
+  import matplotlib
+  matplotlib.use("Agg")  # no display needed: this runs on servers and in CI
+  import matplotlib.pyplot as plt
+
+  records = read_metrics(workdir)
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  for split in ("train", "validation", "test"):
+    points = [r for r in records if r["split"] == split]
+    if not points:
+      continue
+    epochs = [r["epoch"] for r in points]
+    style = "-" if split == "train" else "o-"
+    ax_loss.plot(epochs, [r["loss"] for r in points], style, label=split, markersize=3)
+    ax_acc.plot(epochs, [100 * r["accuracy"] for r in points], style, label=split,
+                markersize=3)
+  ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+  ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  out = pathlib.Path(workdir) / "curves.png"
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
