@@ -6,6 +6,7 @@ a log step fetches them. On this 2-core CPU, a Python loop over one jitted step 
 faster than `lax.scan` over the steps of an epoch (issue 2), so the loop is in Python.
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import time
@@ -119,105 +120,157 @@ def _mean_metrics(pending: list[dict]) -> dict:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, evaluates, writes config.json, metrics.jsonl and summary.json; returns the
-  summary."""
+  """Trains, evaluates, writes config.json, metrics.jsonl, summary.json and curves.png;
+  returns the summary."""
   return run_training(config, workdir)[1]
 
 
 def run_training(config: ml_collections.ConfigDict,
                  workdir: str) -> tuple[TrainState, dict]:
   """`train_and_evaluate` that also returns the final train state."""
-  configs.validate(config)
-  run = outputs.RunDir(workdir)
-  run.refuse_existing_results()
   start = time.perf_counter()
+  run = setup(config, workdir)
+  train_seconds, last_train = train(run)
+  summary = summarize(run)
+  if not config.final_train_eval:  # fall back on the running average of the last log
+    summary.update(train_accuracy=last_train["accuracy"], train_loss=last_train["loss"],
+                   train_metrics="running average over the last log window, training mode")
+  total_steps = run.steps_per_epoch * config.num_epochs
+  summary.update(steps=total_steps, epochs=config.num_epochs,
+                 wall_time_s=time.perf_counter() - start, train_time_s=train_seconds,
+                 examples_per_s=total_steps * config.batch_size / max(train_seconds, 1e-9))
+  run.writer.write_summary(summary)
+  plots.plot_learning_curves(workdir, title=f"{config.model} on {run.dataset.name}")
+  return run.state, summary
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a run needs once it is set up; `state` advances as it trains."""
+  config: ml_collections.ConfigDict
+  writer: outputs.RunDir
+  dataset: "data_lib.Dataset"
+  mesh: jax.sharding.Mesh
+  state: TrainState
+  schedule: Callable
+  steps_per_epoch: int
+  train_on_batch: Callable
+  evaluate: Callable
+  train_split: tuple[jax.Array, jax.Array]
+  eval_splits: dict[str, tuple[jax.Array, jax.Array]]
+  progress: progress_lib.Progress
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Validates the config, loads the data onto the devices and builds the state and the
+  jitted functions. Fails before writing anything if the input is bad."""
+  configs.validate(config)
+  writer = outputs.RunDir(workdir)
+  writer.refuse_existing_results()
   dataset = load_data(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
-  eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
   steps_per_epoch = len(dataset.train.labels) // config.batch_size
   if steps_per_epoch == 0:
     raise errors.ConfigError(f"config.batch_size={config.batch_size} is larger than the "
-                     f"{len(dataset.train.labels)} training examples.")
-  run.create()
-  run.write_config(config)
-
+                             f"{len(dataset.train.labels)} training examples.")
   model = create_model(config.model, input_shape=dataset.image_shape,
                        num_classes=dataset.num_classes, seed=config.seed,
                        **config.model_kwargs.to_dict())
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
-  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
+  writer.create()
+  writer.write_config(config)
   cfg = step_config(config)
-  train_on_batch = make_train_fn(cfg, mesh, config.batch_size, config.seed)
-  evaluate = make_eval_fn(cfg, mesh, eval_batch_size)
-  train_images, train_labels = put_split(dataset.train, mesh)
+  eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
   eval_splits = {"test": put_split(dataset.test, mesh)}
   if dataset.validation is not None:
     eval_splits["validation"] = put_split(dataset.validation, mesh)
+  run = Run(config=config, writer=writer, dataset=dataset, mesh=mesh,
+            state=jax.device_put(create_train_state(model, tx), sharding.replicated(mesh)),
+            schedule=schedule, steps_per_epoch=steps_per_epoch,
+            train_on_batch=make_train_fn(cfg, mesh, config.batch_size, config.seed),
+            evaluate=make_eval_fn(cfg, mesh, eval_batch_size),
+            train_split=put_split(dataset.train, mesh), eval_splits=eval_splits,
+            progress=progress_lib.Progress(steps_per_epoch * config.num_epochs,
+                                           enabled=config.progress))
+  run.progress.log(
+      f"{dataset.name} from {dataset.source}: {len(dataset.train.labels)} train, "
+      f"{len(dataset.test.labels)} test; model {config.model} with "
+      f"{count_params(run.state):,} parameters on {mesh.size} "
+      f"{mesh.devices.flat[0].platform} device(s)")
+  return run
 
-  total_steps = steps_per_epoch * config.num_epochs
-  progress = progress_lib.Progress(total_steps, enabled=config.progress)
-  progress.log(f"{dataset.name} from {dataset.source}: {len(dataset.train.labels)} train, "
-               f"{len(dataset.test.labels)} test; model {config.model} with "
-               f"{count_params(state):,} parameters on {mesh.size} "
-               f"{mesh.devices.flat[0].platform} device(s)")
-  train_seconds, last_train = 0.0, {}
 
-  def evaluate_split(name, epoch, step):
-    images, labels = eval_splits[name]
-    losses, preds = evaluate(state, images, labels)
-    record = {"step": step, "epoch": epoch, "split": name, "loss": float(losses.mean()),
-              "accuracy": float(np.mean(preds == np.asarray(labels)))}
-    run.log_metrics(record)
-    return record, preds
+def train(run: Run) -> tuple[float, dict]:
+  """Runs every step; returns (seconds spent training, the last train log record).
 
-  for epoch in range(config.num_epochs):
-    epoch_start = time.perf_counter()
-    perm = epoch_permutation(config.seed, epoch, len(dataset.train.labels))
-    pending, window_start = [], time.perf_counter()
-    for index in range(steps_per_epoch):
-      state, step_metrics = train_on_batch(state, train_images, train_labels, perm, index)
-      pending.append(step_metrics)
-      step = epoch * steps_per_epoch + index + 1
-      if step % config.log_every_steps == 0 or index == steps_per_epoch - 1:
-        record = _mean_metrics(pending)   # fetching them also waits for the steps
-        elapsed = time.perf_counter() - window_start
-        record.update(step=step, epoch=epoch + (index + 1) / steps_per_epoch,
-                      split="train", lr=float(schedule(step - 1)),
-                      examples_per_s=len(pending) * config.batch_size / elapsed)
-        run.log_metrics(record)
-        last_train = record
-        progress.update(step)
-        progress.log(f"epoch {record['epoch']:.2f} train loss {record['loss']:.4f} "
-                     f"acc {record['accuracy']:.2%} | {record['examples_per_s']:,.0f} ex/s",
-                     {"loss": f"{record['loss']:.3f}"})
-        pending, window_start = [], time.perf_counter()
-    train_seconds += time.perf_counter() - epoch_start
-    last = epoch + 1 == config.num_epochs
-    if config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0 and not last:
-      for name in eval_splits:
-        record, _ = evaluate_split(name, epoch + 1, step)
-        progress.log(f"epoch {epoch + 1} {name} loss {record['loss']:.4f} "
+  Steps are numbered globally, and the epoch and the batch within it are derived from
+  the step, so the data order depends on (seed, step) only."""
+  config, spe = run.config, run.steps_per_epoch
+  images, labels = run.train_split
+  train_seconds, last_train, pending = 0.0, {}, []
+  window_start = time.perf_counter()
+  for step in range(spe * config.num_epochs):
+    epoch, index = divmod(step, spe)
+    if index == 0:
+      perm = epoch_permutation(config.seed, epoch, len(run.dataset.train.labels))
+    run.state, step_metrics = run.train_on_batch(run.state, images, labels, perm, index)
+    pending.append(step_metrics)
+    done = step + 1
+    if done % config.log_every_steps == 0 or index == spe - 1:
+      elapsed = time.perf_counter() - window_start
+      last_train = _log_train(run, pending, done, elapsed)   # fetching waits for the steps
+      train_seconds += time.perf_counter() - window_start
+      pending = []
+      if index == spe - 1:
+        _evaluate_epoch(run, epoch + 1)
+      window_start = time.perf_counter()
+  run.progress.close()
+  return train_seconds, last_train
+
+
+def _log_train(run: Run, pending: list[dict], step: int, elapsed: float) -> dict:
+  record = _mean_metrics(pending)
+  record.update(step=step, epoch=step / run.steps_per_epoch, split="train",
+                lr=float(run.schedule(step - 1)),
+                examples_per_s=len(pending) * run.config.batch_size / elapsed)
+  run.writer.log_metrics(record)
+  run.progress.update(step)
+  run.progress.log(f"epoch {record['epoch']:.2f} train loss {record['loss']:.4f} "
+                   f"acc {record['accuracy']:.2%} | {record['examples_per_s']:,.0f} ex/s",
+                   {"loss": f"{record['loss']:.3f}"})
+  return record
+
+
+def _evaluate_epoch(run: Run, epoch: int) -> None:
+  """Validation and test metrics every `eval_every_epochs`; the last epoch's come from
+  `summarize`."""
+  every = run.config.eval_every_epochs
+  if not every or epoch % every or epoch == run.config.num_epochs:
+    return
+  for name in run.eval_splits:
+    record, _ = evaluate_split(run, name)
+    run.progress.log(f"epoch {epoch} {name} loss {record['loss']:.4f} "
                      f"acc {record['accuracy']:.2%}")
-  progress.close()
-
-  summary = _final_summary(config, dataset, state, evaluate, evaluate_split,
-                           train_images, train_labels, mesh)
-  if not config.final_train_eval:  # fall back on the running average of the last log
-    summary.update(train_accuracy=last_train["accuracy"], train_loss=last_train["loss"],
-                   train_metrics="running average over the last log window, training mode")
-  summary.update(steps=total_steps, epochs=config.num_epochs,
-                 wall_time_s=time.perf_counter() - start, train_time_s=train_seconds,
-                 examples_per_s=total_steps * config.batch_size / max(train_seconds, 1e-9))
-  run.write_summary(summary)
-  plots.plot_learning_curves(workdir, title=f"{config.model} on {dataset.name}")
-  return state, summary
 
 
-def _final_summary(config, dataset, state, evaluate, evaluate_split, train_images,
-                   train_labels, mesh) -> dict:
-  step, epoch = int(state.step), config.num_epochs
-  test, test_preds = evaluate_split("test", epoch, step)
+def evaluate_split(run: Run, name: str) -> tuple[dict, np.ndarray]:
+  """Evaluates one split in inference mode, logs the record, returns it and the
+  predictions."""
+  images, labels = run.eval_splits[name]
+  losses, preds = run.evaluate(run.state, images, labels)
+  step = int(run.state.step)
+  record = {"step": step, "epoch": step / run.steps_per_epoch, "split": name,
+            "loss": float(losses.mean()),
+            "accuracy": float(np.mean(preds == np.asarray(labels)))}
+  run.writer.log_metrics(record)
+  return record, preds
+
+
+def summarize(run: Run) -> dict:
+  """Final metrics on every split, and where and with what they were obtained."""
+  dataset, config = run.dataset, run.config
+  test, test_preds = evaluate_split(run, "test")
   report = metrics_lib.classification_report(dataset.test.labels, test_preds,
                                              dataset.num_classes)
   summary = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
@@ -225,16 +278,16 @@ def _final_summary(config, dataset, state, evaluate, evaluate_split, train_image
              "test_macro_recall": report["macro_recall"],
              "test_macro_f1": report["macro_f1"],
              "test_confusion_matrix": report["confusion_matrix"]}
-  if dataset.validation is not None:
-    val, _ = evaluate_split("validation", epoch, step)
+  if "validation" in run.eval_splits:
+    val, _ = evaluate_split(run, "validation")
     summary.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
   if config.final_train_eval:
-    losses, preds = evaluate(state, train_images, train_labels)
+    losses, preds = run.evaluate(run.state, *run.train_split)
     summary.update(train_accuracy=float(np.mean(preds == dataset.train.labels)),
                    train_loss=float(losses.mean()), train_metrics="inference mode")
   summary.update(
       dataset=dataset.name, data_source=dataset.source, class_names=list(dataset.class_names),
-      model=config.model, num_params=count_params(state),
-      devices=sharding.describe_devices(mesh), versions=outputs.library_versions(),
+      model=config.model, num_params=count_params(run.state),
+      devices=sharding.describe_devices(run.mesh), versions=outputs.library_versions(),
       git_commit=outputs.git_commit())
   return summary
