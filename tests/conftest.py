@@ -3,9 +3,9 @@
 import os
 import pathlib
 
-import numpy as np
-from PIL import Image
 import pytest
+
+import synthetic_data
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -31,22 +31,10 @@ def data_dir() -> pathlib.Path:
   return found
 
 
-def write_image_folder(root: pathlib.Path, *, classes=3, per_class=12, test_per_class=4,
-                       size=16, channels=1, seed=0) -> pathlib.Path:
-  """A tiny class-folder dataset whose classes are easy to tell apart (by brightness)."""
-  rng = np.random.default_rng(seed)
-  for split, count in (("train", per_class), ("test", test_per_class)):
-    for c in range(classes):
-      folder = root / split / f"class_{c}"
-      folder.mkdir(parents=True, exist_ok=True)
-      for i in range(count):
-        pixels = rng.integers(0, 40, (size, size, channels)) + 100 * c
-        image = pixels.astype(np.uint8).squeeze(-1) if channels == 1 else pixels.astype(np.uint8)
-        Image.fromarray(image).save(folder / f"{i:04d}.png")
-  return root
-
-
 @pytest.fixture
 def tiny_folder(tmp_path, monkeypatch) -> pathlib.Path:
   monkeypatch.setenv("RESEARCH_CACHE_DIR", str(tmp_path / "cache"))
-  return write_image_folder(tmp_path / "tiny")
+  """A 3-class, 16x16 grayscale image-folder dataset: 36 train and 12 test PNGs."""
+  splits = {"train": synthetic_data.make_arrays(3, 12, (16, 16, 1), seed=0),
+            "test": synthetic_data.make_arrays(3, 4, (16, 16, 1), seed=1)}
+  return synthetic_data.write_image_tree(tmp_path / "tiny", splits, ["a", "b", "c"])

@@ -77,7 +77,7 @@ def test_unknown_variant_is_an_error(tmp_path):
 
 def test_mnist_cnn_on_a_folder_of_fashion_mnist_idx_files(tmp_path):
   """`--config.dataset=fashion_mnist` against the four standard IDX.gz files."""
-  from research.data import synthetic
+  import synthetic_data as synthetic
   folder = synthetic.write_idx_set(
       tmp_path / "fashion", synthetic.make_arrays(10, 64, (28, 28, 1), seed=0),
       synthetic.make_arrays(10, 8, (28, 28, 1), seed=1), compress=True)

@@ -3,7 +3,7 @@
 import pytest
 
 from research.data import (CorruptDataError, DataError, DataNotFoundError, load_dataset)
-from research.data import synthetic as syn
+import synthetic_data as syn
 from research.data import tfds_source
 
 CLASSES = ("a", "b")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from research.data import load_dataset
-from research.data import synthetic as syn
+import synthetic_data as syn
 
 CLASSES = ("cat", "dog", "emu")
 

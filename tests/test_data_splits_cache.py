@@ -8,7 +8,7 @@ import pytest
 
 from research.data import cache as cache_lib
 from research.data import formats, load_dataset
-from research.data import synthetic as syn
+import synthetic_data as syn
 from research.data.splits import stratified_indices
 
 CLASSES = ("a", "b", "c", "d")
