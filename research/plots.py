@@ -17,14 +17,19 @@ def plot_learning_curves(workdir: str | pathlib.Path, title: str = "") -> pathli
 
   records = read_metrics(workdir)
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+  # Train points are running averages over each log window, in training mode (dropout,
+  # augmentation, label smoothing), so they are not directly comparable to test points.
+  labels = {"train": "train (running, training mode)", "validation": "validation",
+            "test": "test"}
   for split in ("train", "validation", "test"):
     points = [r for r in records if r["split"] == split]
     if not points:
       continue
     epochs = [r["epoch"] for r in points]
     style = "-" if split == "train" else "o-"
-    ax_loss.plot(epochs, [r["loss"] for r in points], style, label=split, markersize=3)
-    ax_acc.plot(epochs, [100 * r["accuracy"] for r in points], style, label=split,
+    ax_loss.plot(epochs, [r["loss"] for r in points], style, label=labels[split],
+                 markersize=3)
+    ax_acc.plot(epochs, [100 * r["accuracy"] for r in points], style, label=labels[split],
                 markersize=3)
   ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
   ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
