@@ -1,0 +1,73 @@
+"""Python loop over one jitted step against `lax.scan` over the steps, same work.
+
+    python -m benchmarks.scan_vs_loop [--model=mnist_cnn] [--batch_size=64] [--steps=50]
+
+Why the train loop is a Python loop: on XLA:CPU the scanned version was several times
+slower (issue 2). This re-measures it on the machine at hand, interleaved, with repeats
+and medians, and prints the ratio, so the choice can be re-made for each backend.
+"""
+
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import configs, sharding
+from research.models import create_model
+from research.training import loop, optim
+from research.training.state import create_train_state
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "mnist_cnn", "Registered model name.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("steps", 50, "Steps per timed repeat.")
+flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved).")
+
+
+def main(_):
+  shape = (28, 28, 1) if FLAGS.model in ("mlp", "mnist_cnn", "minimal_cnn") else (32, 32, 3)
+  config = configs.base_config()
+  mesh = sharding.make_mesh()
+  tx, _ = optim.create_optimizer(config, steps_per_epoch=FLAGS.steps)
+  model = create_model(FLAGS.model, input_shape=shape, num_classes=10)
+  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
+  n = FLAGS.batch_size * FLAGS.steps
+  rng = np.random.default_rng(0)
+  images = jax.device_put(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
+  labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
+  perm = jnp.arange(n)
+  step_fn = loop.make_train_fn(loop.StepConfig(), mesh, FLAGS.batch_size, seed=0)
+
+  def run_loop(state):
+    for i in range(FLAGS.steps):
+      state, metrics = step_fn(state, images, labels, perm, i)
+    return state, metrics
+
+  @jax.jit
+  def run_scan(state):
+    body = lambda s, i: step_fn(s, images, labels, perm, i)
+    return jax.lax.scan(body, state, jnp.arange(FLAGS.steps))
+
+  times = {"python loop": [], "lax.scan": []}
+  for fn, name in ((run_loop, "python loop"), (run_scan, "lax.scan")):
+    state, m = fn(state)  # compile
+    jax.block_until_ready(m)
+  for _ in range(FLAGS.repeats):
+    for fn, name in ((run_loop, "python loop"), (run_scan, "lax.scan")):
+      start = time.perf_counter()
+      state, m = fn(state)
+      jax.block_until_ready(m)
+      times[name].append(time.perf_counter() - start)
+  rates = {k: n / statistics.median(v) for k, v in times.items()}
+  print(f"{FLAGS.model}, batch {FLAGS.batch_size}, {jax.devices()[0].platform}:")
+  for name, rate in rates.items():
+    print(f"  {name:12s} {rate:10,.0f} images/s")
+  print(f"  loop / scan = {rates['python loop'] / rates['lax.scan']:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
