@@ -15,6 +15,8 @@ Measured (seed 0, 2-core AMD EPYC CPU, jax 0.10.2, MNIST from ../shared/datasets
 jobs sharing the machine):
   S2 (default): 98.50% test accuracy, 99.50% train, 227 s wall time.
   S3 (minimal): 97.89% test accuracy, 99.40% train, 58 s wall time.
+  S2 on Fashion-MNIST (Debian's dataset-fashion-mnist IDX files in
+  /usr/share/datasets/fashion-mnist): 91.11% test, 96.55% train, 190 s.
 """
 
 from research import configs
