@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from research import data as data_lib
@@ -44,12 +45,24 @@ def main(config_file: str) -> None:
 def _run(experiment: str, argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   workdir = FLAGS.workdir or default_workdir(experiment)
+  if FLAGS.config.mode == "eval" and not FLAGS.workdir:
+    raise app.UsageError("--config.mode=eval needs the --workdir of a run.")
   try:
     summary = loop.train_and_evaluate(FLAGS.config, workdir)
   except (errors.UserError, data_lib.DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except errors.Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    sys.exit(errors.Interrupted.EXIT_CODE)
+  if FLAGS.config.mode == "eval":
+    print(f"checkpoint step {summary['checkpoint_step']}: test accuracy "
+          f"{summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}), macro F1 "
+          f"{summary['test_macro_f1']:.4f}")
+    return
   print(f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}), "
         f"train accuracy {summary['train_accuracy']:.2%}, "
         f"{summary['wall_time_s']:.0f}s; results in {workdir}")

@@ -57,7 +57,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1         # 0 = only at the end
   c.final_train_eval = True       # re-evaluate the train split in inference mode at the end
   c.progress = True
+  c.mode = "train"                # train | eval (load the best or latest checkpoint, test it)
+  # Checkpoints (docs/checkpoints.md). A run resumes from WORKDIR/checkpoints when re-run.
+  c.checkpoint_every_steps = 0    # 0 = not by steps
+  c.checkpoint_every_epochs = 1   # 0 = not by epochs; the end of the run is always saved
+  c.keep_checkpoints = 3          # the last K, plus the best by best_metric
+  c.best_metric = ""              # e.g. validation_accuracy, test_loss; '' = none
+  c.best_mode = "auto"            # max | min | auto (max for accuracy, min for loss)
+  c.early_stopping_patience = 0   # stop after this many evaluations without a new best
+  c.restore_best = False          # report (summary.json, mode=eval) the best checkpoint
   return c
+
+
+# Keys that may change between a run and its resumption: they do not change what the
+# saved state means. Any other change is refused, naming the keys.
+RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "progress", "eval_every_epochs",
+                     "eval_batch_size", "final_train_eval", "checkpoint_every_steps",
+                     "checkpoint_every_epochs", "keep_checkpoints", "mode", "data_dir",
+                     "data_source", "num_devices", "early_stopping_patience",
+                     "restore_best")
+MODES = ("train", "eval")
 
 
 def _check_choice(config, key, choices):
@@ -88,5 +107,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive(config, key, allow_zero=True)
   if not 0 <= config.label_smoothing < 1:
     raise errors.ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
+  _check_choice(config, "mode", MODES)
+  _check_choice(config, "best_mode", ("auto", "max", "min"))
+  for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "early_stopping_patience"):
+    _check_positive(config, key, allow_zero=True)
+  _check_positive(config, "keep_checkpoints")
+  _check_best_metric(config)
   if len(config.normalize_mean) != len(config.normalize_std):
     raise errors.ConfigError("config.normalize_mean and config.normalize_std differ in length.")
+
+
+def _check_best_metric(config) -> None:
+  metric = config.best_metric
+  if metric and metric not in ("validation_accuracy", "validation_loss", "test_accuracy",
+                               "test_loss"):
+    raise errors.ConfigError(
+        f"config.best_metric={metric!r} must be one of validation_accuracy, "
+        "validation_loss, test_accuracy, test_loss (or '' for none).")
+  if metric.startswith("validation") and not config.validation_size:
+    raise errors.ConfigError(f"config.best_metric={metric!r} needs a validation split: "
+                             "set config.validation_size.")
+  for key in ("early_stopping_patience", "restore_best"):
+    if config[key] and not metric:
+      raise errors.ConfigError(f"config.{key} needs config.best_metric, e.g. "
+                               "--config.best_metric=validation_accuracy.")
+  if (config.early_stopping_patience or metric) and not config.eval_every_epochs:
+    raise errors.ConfigError("config.best_metric and early stopping need evaluations: "
+                             "set config.eval_every_epochs > 0.")
+
+
+def best_mode(config) -> str:
+  if config.best_mode != "auto":
+    return config.best_mode
+  return "min" if config.best_metric.endswith("loss") else "max"
+
+
+def changed_keys(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{key: (saved value, new value)} for every top-level key that differs, comparing the
+  JSON forms (config.json holds tuples as lists). Keys added since are compared with
+  their defaults."""
+  import json
+  new = json.loads(config.to_json_best_effort())
+  defaults = json.loads(base_config().to_json_best_effort())
+  return {k: (saved.get(k, defaults.get(k)), new.get(k))
+          for k in sorted(set(saved) | set(new))
+          if saved.get(k, defaults.get(k)) != new.get(k, defaults.get(k))}

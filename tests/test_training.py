@@ -79,6 +79,11 @@ def test_existing_results_are_never_overwritten(tiny_folder, tmp_path):
   workdir = tmp_path / "run"
   loop.run_training(tiny_config(tiny_folder, num_epochs=1), workdir)
   before = (workdir / "summary.json").read_bytes()
+  # A finished run with checkpoints is reported, not retrained (tests/test_checkpoint.py).
+  _, summary = loop.run_training(tiny_config(tiny_folder, num_epochs=1), workdir)
+  assert summary == json.loads(before)
+  # Results without checkpoints to resume from are refused.
+  (workdir / "checkpoints").rename(tmp_path / "moved")
   with pytest.raises(Exception, match="already holds results"):
     loop.run_training(tiny_config(tiny_folder, num_epochs=1), workdir)
   assert (workdir / "summary.json").read_bytes() == before

@@ -9,6 +9,7 @@ faster than `lax.scan` over the steps of an epoch (issue 2), so the loop is in P
 from collections.abc import Callable
 import dataclasses
 import functools
+import os
 import time
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from research import checkpoint as checkpoint_lib
 from research import configs
 from research import data as data_lib
 from research import metrics as metrics_lib
@@ -115,13 +117,58 @@ def make_eval_fn(cfg: StepConfig, mesh, batch_size: int):
 
 
 def _mean_metrics(pending: list[dict]) -> dict:
-  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
+  """Means over a log window. On the host, so that metrics restored from a checkpoint
+  (float32 numbers) and metrics fetched from the device average identically."""
+  stacked = {k: np.stack([np.asarray(m[k], np.float32) for m in pending])
+             for k in pending[0]}
   return {k: float(np.mean(v)) for k, v in stacked.items()}
 
 
+@dataclasses.dataclass
+class TrainProgress:
+  """What the loop carries from step to step besides the train state; each checkpoint
+  stores it as JSON, so that a resumed run continues the same metrics history, the
+  best-so-far and early stopping."""
+  pending: list = dataclasses.field(default_factory=list)  # train metrics, unlogged window
+  last_train: dict = dataclasses.field(default_factory=dict)
+  train_seconds: float = 0.0
+  best: dict | None = None          # {"metric", "value", "step"}
+  bad_evals: int = 0                # evaluations since the best, for early stopping
+  stopped_early: bool = False
+  finished: bool = False
+
+  def to_json(self) -> dict:
+    record = dataclasses.asdict(self)
+    pending = jax.device_get(self.pending)
+    record["pending"] = {k: [float(m[k]) for m in pending] for k in
+                         (pending[0] if pending else ())}
+    return record
+
+  @classmethod
+  def from_json(cls, record: dict) -> "TrainProgress":
+    record = dict(record)
+    pending = record.pop("pending") or {}
+    keys = list(pending)
+    steps = len(pending[keys[0]]) if keys else 0
+    record["pending"] = [{k: np.float32(pending[k][i]) for k in keys} for i in range(steps)]
+    return cls(**record)
+
+  def update_best(self, metric: str, value: float, step: int, mode: str,
+                  patience: int) -> bool:
+    """Records an evaluation; True if it is a new best."""
+    if self.best is None or (value > self.best["value"] if mode == "max"
+                             else value < self.best["value"]):
+      self.best, self.bad_evals = {"metric": metric, "value": value, "step": step}, 0
+      return True
+    self.bad_evals += 1
+    self.stopped_early = bool(patience) and self.bad_evals >= patience
+    return False
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, evaluates, writes config.json, metrics.jsonl, summary.json and curves.png;
-  returns the summary."""
+  """Trains (resuming from WORKDIR/checkpoints when there are any), evaluates, writes
+  config.json, metrics.jsonl, summary.json and curves.png; returns the summary. With
+  `config.mode='eval'` it only evaluates the best or latest checkpoint."""
   return run_training(config, workdir)[1]
 
 
@@ -130,18 +177,55 @@ def run_training(config: ml_collections.ConfigDict,
   """`train_and_evaluate` that also returns the final train state."""
   start = time.perf_counter()
   run = setup(config, workdir)
-  train_seconds, last_train = train(run)
+  try:
+    if config.mode == "eval":
+      return run.state, evaluate_checkpoint(run)
+    existing = run.writer.read_summary()
+    if run.train_progress.finished and existing is not None:
+      run.progress.log(f"{workdir} holds a finished run (step {int(run.state.step)}); "
+                       "nothing to train. Raise config.num_epochs to train longer, or "
+                       "use --config.mode=eval to re-evaluate.")
+      return run.state, existing
+    train_seconds, last_train = train(run)
+    summary = _finish(run, start, train_seconds, last_train)
+    return run.state, summary
+  finally:
+    run.checkpoints.close()
+    run.writer.unlock()
+
+
+def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) -> dict:
+  config, tp = run.config, run.train_progress
+  steps = int(run.state.step)
+  if config.restore_best and tp.best:
+    run.state, _ = run.checkpoints.restore(tp.best["step"], run.state)
+    run.progress.log(f"restored the best checkpoint: step {tp.best['step']}, "
+                     f"{tp.best['metric']} {tp.best['value']:.4f}")
   summary = summarize(run)
   if not config.final_train_eval:  # fall back on the running average of the last log
     summary.update(train_accuracy=last_train["accuracy"], train_loss=last_train["loss"],
                    train_metrics="running average over the last log window, training mode")
-  total_steps = run.steps_per_epoch * config.num_epochs
-  summary.update(steps=total_steps, epochs=config.num_epochs,
+  summary.update(steps=steps, epochs=steps / run.steps_per_epoch,
                  wall_time_s=time.perf_counter() - start, train_time_s=train_seconds,
-                 examples_per_s=total_steps * config.batch_size / max(train_seconds, 1e-9))
+                 examples_per_s=steps * config.batch_size / max(train_seconds, 1e-9),
+                 best=tp.best, stopped_early=tp.stopped_early,
+                 reported_step=int(run.state.step), resumed_from_step=run.resumed_from)
   run.writer.write_summary(summary)
-  plots.plot_learning_curves(workdir, title=f"{config.model} on {run.dataset.name}")
-  return run.state, summary
+  plots.plot_learning_curves(run.writer.path,
+                             title=f"{config.model} on {run.dataset.name}")
+  return summary
+
+
+def evaluate_checkpoint(run: "Run") -> dict:
+  """mode=eval: the best (with restore_best) or latest checkpoint on the test set, and on
+  the validation and train splits; prints, writes nothing."""
+  tp = run.train_progress
+  if run.config.restore_best and tp.best:
+    run.state, _ = run.checkpoints.restore(tp.best["step"], run.state)
+  summary = summarize(run, log=False)
+  summary.update(checkpoint_step=int(run.state.step), best=tp.best)
+  run.progress.log(f"evaluated checkpoint step {int(run.state.step)} of {run.writer.path}")
+  return summary
 
 
 @dataclasses.dataclass
@@ -159,14 +243,50 @@ class Run:
   train_split: tuple[jax.Array, jax.Array]
   eval_splits: dict[str, tuple[jax.Array, jax.Array]]
   progress: progress_lib.Progress
+  checkpoints: checkpoint_lib.Checkpoints
+  train_progress: TrainProgress
+  resumed_from: int | None = None
+  final_evals: dict = dataclasses.field(default_factory=dict)  # split -> (record, preds)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Validates the config, loads the data onto the devices and builds the state and the
-  jitted functions. Fails before writing anything if the input is bad."""
+  """Validates the config, checks it against the run in `workdir` if there is one, loads
+  the data onto the devices, builds the state and the jitted functions, and restores
+  the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
   writer = outputs.RunDir(workdir)
-  writer.refuse_existing_results()
+  changes = _check_resumable(writer, config)
+  if config.mode == "train" and writer.path.exists():
+    writer.lock()
+  try:
+    return _setup_locked(config, writer, changes)
+  except BaseException:
+    writer.unlock()
+    raise
+
+
+def _check_resumable(writer: outputs.RunDir, config) -> dict:
+  """Refuses changes of config keys that matter against the run in `writer`; returns the
+  harmless ones."""
+  if config.mode == "eval" and not writer.checkpoint_dir.is_dir():
+    raise errors.WorkdirError(f"--config.mode=eval needs a checkpoint, and "
+                              f"{writer.checkpoint_dir} does not exist.")
+  if config.mode == "train":
+    writer.refuse_results_without_checkpoints()
+  saved = writer.read_config()
+  if saved is None:
+    return {}
+  changes = configs.changed_keys(saved, config)
+  refused = {k: v for k, v in changes.items() if k not in configs.RESUMABLE_CHANGES}
+  if refused:
+    listing = "; ".join(f"config.{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+    raise errors.ConfigError(
+        f"{writer.path} holds a run with a different config, which cannot be resumed "
+        f"with these changes: {listing}. Use the same values, or pass a new --workdir.")
+  return changes
+
+
+def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   dataset = load_data(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
@@ -178,59 +298,167 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                        num_classes=dataset.num_classes, seed=config.seed,
                        **config.model_kwargs.to_dict())
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
-  writer.create()
-  writer.write_config(config)
+  training = config.mode == "train"
+  if training:
+    writer.lock()   # creates the workdir
+  checkpoints = checkpoint_lib.Checkpoints(writer.checkpoint_dir, config.keep_checkpoints,
+                                           read_only=not training)
+  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
+  state, train_progress, resumed_from = _restore(checkpoints, state, writer, config,
+                                                 steps_per_epoch)
+  if training:
+    if train_progress.best:
+      checkpoints.set_best_step(train_progress.best["step"])
+    writer.trim_metrics(int(state.step))
+    writer.write_config(config)
   cfg = step_config(config)
   eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
   eval_splits = {"test": put_split(dataset.test, mesh)}
   if dataset.validation is not None:
     eval_splits["validation"] = put_split(dataset.validation, mesh)
-  run = Run(config=config, writer=writer, dataset=dataset, mesh=mesh,
-            state=jax.device_put(create_train_state(model, tx), sharding.replicated(mesh)),
+  run = Run(config=config, writer=writer, dataset=dataset, mesh=mesh, state=state,
             schedule=schedule, steps_per_epoch=steps_per_epoch,
             train_on_batch=make_train_fn(cfg, mesh, config.batch_size, config.seed),
             evaluate=make_eval_fn(cfg, mesh, eval_batch_size),
             train_split=put_split(dataset.train, mesh), eval_splits=eval_splits,
             progress=progress_lib.Progress(steps_per_epoch * config.num_epochs,
-                                           enabled=config.progress))
+                                           initial_step=int(state.step),
+                                           enabled=config.progress and training),
+            checkpoints=checkpoints, train_progress=train_progress,
+            resumed_from=resumed_from)
   run.progress.log(
       f"{dataset.name} from {dataset.source}: {len(dataset.train.labels)} train, "
       f"{len(dataset.test.labels)} test; model {config.model} with "
       f"{count_params(run.state):,} parameters on {mesh.size} "
       f"{mesh.devices.flat[0].platform} device(s)")
+  if resumed_from is not None:
+    run.progress.log(f"resuming from checkpoint step {resumed_from} (epoch "
+                     f"{resumed_from / steps_per_epoch:.2f}) in {checkpoints.directory}")
+  changes.pop("mode", None)
+  if changes:
+    run.progress.log("config changes since the checkpoint (allowed): " + "; ".join(
+        f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    if "num_epochs" in changes and config.lr_schedule not in ("constant", "step"):
+      run.progress.log(f"note: lr_schedule={config.lr_schedule} depends on num_epochs; "
+                       "the rest of the run follows the schedule of the new length.")
   return run
 
 
+def _restore(checkpoints, state, writer, config, steps_per_epoch):
+  """(state, TrainProgress, resumed step or None) from the latest good checkpoint."""
+  if not checkpoints.steps():
+    return state, TrainProgress(), None
+  restored = checkpoints.restore_latest(state, quarantine=config.mode == "train")
+  if restored is None:
+    raise errors.CheckpointError(
+        f"No checkpoint in {checkpoints.directory} could be read (see the warnings "
+        "above). Move that directory away to start over; nothing was deleted.")
+  state, record = restored
+  step = int(state.step)
+  total = steps_per_epoch * config.num_epochs
+  if step > total and config.mode == "train":
+    raise errors.ConfigError(
+        f"config.num_epochs={config.num_epochs} ({total} steps) is less than the {step} "
+        f"steps this run in {writer.path} has already trained.")
+  train_progress = TrainProgress.from_json(record)
+  train_progress.finished = train_progress.stopped_early or step >= total
+  return state, train_progress, step
+
+
 def train(run: Run) -> tuple[float, dict]:
-  """Runs every step; returns (seconds spent training, the last train log record).
+  """Runs the remaining steps; returns (seconds spent training, the last train log
+  record).
 
   Steps are numbered globally, and the epoch and the batch within it are derived from
-  the step, so the data order depends on (seed, step) only."""
-  config, spe = run.config, run.steps_per_epoch
+  the step, so the data order depends on (seed, step) only and a resumed run continues
+  exactly where the checkpoint was written."""
+  config, spe, tp = run.config, run.steps_per_epoch, run.train_progress
+  total = spe * config.num_epochs
   images, labels = run.train_split
-  train_seconds, last_train, pending = 0.0, {}, []
-  window_start = time.perf_counter()
-  for step in range(spe * config.num_epochs):
-    epoch, index = divmod(step, spe)
-    if index == 0:
-      perm = epoch_permutation(config.seed, epoch, len(run.dataset.train.labels))
-    run.state, step_metrics = run.train_on_batch(run.state, images, labels, perm, index)
-    pending.append(step_metrics)
-    done = step + 1
-    if done % config.log_every_steps == 0 or index == spe - 1:
-      elapsed = time.perf_counter() - window_start
-      last_train = _log_train(run, pending, done, elapsed)   # fetching waits for the steps
-      train_seconds += time.perf_counter() - window_start
-      pending = []
-      if index == spe - 1:
-        _evaluate_epoch(run, epoch + 1)
-      window_start = time.perf_counter()
+  window_start, perm = time.perf_counter(), None
+  hook = checkpoint_lib.signal_at_step_hook()
+  with checkpoint_lib.StopSignals() as signals:
+    for step in range(int(run.state.step), total):
+      epoch, index = divmod(step, spe)
+      if index == 0 or perm is None:
+        perm = epoch_permutation(config.seed, epoch, len(run.dataset.train.labels))
+      run.state, step_metrics = run.train_on_batch(run.state, images, labels, perm, index)
+      tp.pending.append(step_metrics)
+      if hook and hook[0] == step + 1:
+        jax.block_until_ready(run.state)
+        os.kill(os.getpid(), hook[1])
+      done, epoch_end, new_best = step + 1, index == spe - 1, False
+      if done % config.log_every_steps == 0 or epoch_end:
+        elapsed = time.perf_counter() - window_start
+        tp.last_train = _log_train(run, tp.pending, done, elapsed)  # waits for the steps
+        tp.train_seconds += time.perf_counter() - window_start
+        tp.pending = []
+        if epoch_end:
+          new_best = _evaluate_epoch(run, epoch + 1)
+        window_start = time.perf_counter()
+      if (_checkpoint_due(config, done, spe, total) or new_best or tp.stopped_early
+          or signals.received):
+        tp.finished = done == total or tp.stopped_early
+        saving = time.perf_counter()
+        _save(run, done)
+        window_start += time.perf_counter() - saving   # saves do not count as training
+      if tp.stopped_early:
+        run.progress.log(f"early stopping at epoch {epoch + 1}: no better "
+                         f"{config.best_metric} in {tp.bad_evals} evaluations; best "
+                         f"{tp.best['value']:.4f} at step {tp.best['step']}")
+        break
+      if signals.received and done < total:
+        run.progress.close()
+        raise errors.Interrupted(
+            f"{signals.received}: stopped at step {done} of {total} with a checkpoint in "
+            f"{run.checkpoints.path(done)}. Run the same command again to resume.")
   run.progress.close()
-  return train_seconds, last_train
+  return tp.train_seconds, tp.last_train
+
+
+def _checkpoint_due(config, done: int, spe: int, total: int) -> bool:
+  by_steps = config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0
+  by_epochs = (config.checkpoint_every_epochs and done % spe == 0
+               and (done // spe) % config.checkpoint_every_epochs == 0)
+  return bool(by_steps or by_epochs or done == total)
+
+
+def _save(run: Run, step: int) -> None:
+  """Saves the state after `step`, unless a loss since the last check is NaN or Inf."""
+  tp = run.train_progress
+  if tp.pending:
+    _check_finite([float(m["loss"]) for m in jax.device_get(tp.pending)],
+                  step - len(tp.pending) + 1, run)
+  if not bool(_params_finite(run.state.params)):
+    raise errors.DivergenceError(
+        f"training diverged: the parameters are NaN or Inf after step {step}. No "
+        f"checkpoint of the diverged state was written. Lower config.learning_rate.")
+  run.checkpoints.set_best_step(tp.best["step"] if tp.best else None)
+  run.checkpoints.save(run.state, tp.to_json())
+
+
+@jax.jit
+def _params_finite(params) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
+
+
+def _check_finite(losses: list[float], first_step: int, run: Run) -> None:
+  """Stops the run at the first non-finite loss; nothing of this state gets saved."""
+  for i, loss in enumerate(losses):
+    if not np.isfinite(loss):
+      steps = run.checkpoints.steps()
+      kept = (f"the last good checkpoint is step {steps[-1]} in {run.checkpoints.directory}"
+              if steps else "no checkpoint had been written yet")
+      raise errors.DivergenceError(
+          f"training diverged: the loss is {loss} at step {first_step + i} (epoch "
+          f"{(first_step + i) / run.steps_per_epoch:.2f}). No checkpoint of the diverged "
+          f"state was written; {kept}. Lower config.learning_rate or add warmup.")
 
 
 def _log_train(run: Run, pending: list[dict], step: int, elapsed: float) -> dict:
-  record = _mean_metrics(pending)
+  fetched = jax.device_get(pending)
+  _check_finite([float(m["loss"]) for m in fetched], step - len(pending) + 1, run)
+  record = _mean_metrics(fetched)
   record.update(step=step, epoch=step / run.steps_per_epoch, split="train",
                 lr=float(run.schedule(step - 1)),
                 examples_per_s=len(pending) * run.config.batch_size / elapsed)
@@ -242,35 +470,48 @@ def _log_train(run: Run, pending: list[dict], step: int, elapsed: float) -> dict
   return record
 
 
-def _evaluate_epoch(run: Run, epoch: int) -> None:
-  """Validation and test metrics every `eval_every_epochs`; the last epoch's come from
-  `summarize`."""
-  every = run.config.eval_every_epochs
-  if not every or epoch % every or epoch == run.config.num_epochs:
-    return
+def _evaluate_epoch(run: Run, epoch: int) -> bool:
+  """Validation and test metrics every `eval_every_epochs` and after the last epoch;
+  updates the best-so-far and early stopping. True if this is a new best."""
+  config, tp = run.config, run.train_progress
+  every = config.eval_every_epochs
+  if epoch != config.num_epochs and (not every or epoch % every):
+    return False
+  records = {}
   for name in run.eval_splits:
-    record, _ = evaluate_split(run, name)
-    run.progress.log(f"epoch {epoch} {name} loss {record['loss']:.4f} "
-                     f"acc {record['accuracy']:.2%}")
+    records[name], preds = evaluate_split(run, name)
+    run.final_evals[name] = (records[name], preds)
+    run.progress.log(f"epoch {epoch} {name} loss {records[name]['loss']:.4f} "
+                     f"acc {records[name]['accuracy']:.2%}")
+  if not config.best_metric:
+    return False
+  split, key = config.best_metric.rsplit("_", 1)
+  return tp.update_best(config.best_metric, records[split][key], int(run.state.step),
+                        configs.best_mode(config), config.early_stopping_patience)
 
 
-def evaluate_split(run: Run, name: str) -> tuple[dict, np.ndarray]:
+def evaluate_split(run: Run, name: str, log: bool = True) -> tuple[dict, np.ndarray]:
   """Evaluates one split in inference mode, logs the record, returns it and the
   predictions."""
+  cached = run.final_evals.get(name)
+  if cached and cached[0]["step"] == int(run.state.step) and not log:
+    return cached
   images, labels = run.eval_splits[name]
   losses, preds = run.evaluate(run.state, images, labels)
   step = int(run.state.step)
   record = {"step": step, "epoch": step / run.steps_per_epoch, "split": name,
             "loss": float(losses.mean()),
             "accuracy": float(np.mean(preds == np.asarray(labels)))}
-  run.writer.log_metrics(record)
+  if log:
+    run.writer.log_metrics(record)
   return record, preds
 
 
-def summarize(run: Run) -> dict:
-  """Final metrics on every split, and where and with what they were obtained."""
+def summarize(run: Run, log: bool = False) -> dict:
+  """Final metrics on every split, and where and with what they were obtained. The loop
+  has already logged the evaluation of the last step."""
   dataset, config = run.dataset, run.config
-  test, test_preds = evaluate_split(run, "test")
+  test, test_preds = evaluate_split(run, "test", log)
   report = metrics_lib.classification_report(dataset.test.labels, test_preds,
                                              dataset.num_classes)
   summary = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
@@ -279,7 +520,7 @@ def summarize(run: Run) -> dict:
              "test_macro_f1": report["macro_f1"],
              "test_confusion_matrix": report["confusion_matrix"]}
   if "validation" in run.eval_splits:
-    val, _ = evaluate_split(run, "validation")
+    val, _ = evaluate_split(run, "validation", log)
     summary.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
   if config.final_train_eval:
     losses, preds = run.evaluate(run.state, *run.train_split)

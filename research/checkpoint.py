@@ -1,0 +1,223 @@
+"""Checkpoints of a run: the one module that talks to `orbax.checkpoint`.
+
+A checkpoint is an orbax step directory `WORKDIR/checkpoints/<step>/` with two items:
+- `state`: the train state pytree (step, params, batch_stats, opt_state), restored onto the
+  shardings of the current mesh, so a checkpoint written on 8 devices loads on 1 and back;
+- `progress`: a JSON document with what the loop needs to continue exactly: the train
+  metrics of the unfinished log window, the last train record, the best-so-far and the
+  early-stopping counters (see `loop.Progress`).
+
+The data order and all randomness are functions of (seed, step), so the step inside the
+state is the position in the data; nothing else about the data is stored.
+
+Saves are synchronous: these models are small, a save takes a fraction of a second, and a
+synchronous save means that an error (read-only or full disk) surfaces at the step that
+caused it. Orbax writes each step into a temporary directory and renames it when complete,
+so a crash during a save leaves the earlier checkpoints as they were; a checkpoint that
+fails to restore is skipped with a warning and the one before it is used.
+"""
+
+import asyncio
+import dataclasses
+import os
+import pathlib
+import signal
+import sys
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from research import errors
+
+# Test hook: "STEP:SIGNAL" (e.g. "11:KILL") makes the run send itself SIGNAL right after
+# the update of global step STEP, so that tests can stop a run at an exact step.
+SIGNAL_AT_STEP_ENV = "RESEARCH_TEST_SIGNAL_AT_STEP"
+# Test hook: seconds to sleep after a checkpoint is fully written to its temporary
+# directory and before it is renamed into place, so that a test can kill a save midway.
+SAVE_DELAY_ENV = "RESEARCH_CHECKPOINT_SAVE_DELAY_S"
+
+
+class _SlowRenameTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+
+  async def finalize(self, *args, **kwargs):
+    delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
+    if delay and self.get_final().name.isdigit():  # the step, not one of its items
+      print(f"[test hook] save of {self.get_final().name} paused for {delay}s before "
+            "commit", flush=True)
+      await asyncio.sleep(delay)
+    return await super().finalize(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class _KeepLatestAndBest:
+  """An orbax preservation policy: the last `keep` checkpoints and the best one."""
+  keep: int
+  best_step: int | None = None
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    latest = {info.step for info in checkpoints[-self.keep:]} if self.keep else set()
+    return [info.step in latest or info.step == self.best_step for info in checkpoints]
+
+
+def signal_at_step_hook() -> tuple[int, int] | None:
+  """(step, signal number) from the test hook, or None."""
+  value = os.environ.get(SIGNAL_AT_STEP_ENV)
+  if not value:
+    return None
+  step, name = value.split(":")
+  return int(step), signal.Signals["SIG" + name].value
+
+
+def _state_items(state) -> dict:
+  return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+          "opt_state": state.opt_state}
+
+
+def _abstract(tree):
+  """Shapes, dtypes and the target shardings of the current mesh."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
+
+
+class Checkpoints:
+  """The checkpoints of one workdir: save, list, restore with fallback."""
+
+  def __init__(self, directory: str | os.PathLike, keep: int = 3,
+               best_step: int | None = None, read_only: bool = False):
+    self.directory = pathlib.Path(directory).absolute()
+    self._policy = _KeepLatestAndBest(keep=max(keep, 1), best_step=best_step)
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=False, create=False, read_only=read_only,
+        cleanup_tmp_directories=not read_only, preservation_policy=self._policy,
+        temporary_path_class=_SlowRenameTemporaryPath)
+    if not read_only:
+      _make_dir(self.directory)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def path(self, step: int) -> pathlib.Path:
+    return self.directory / str(step)
+
+  def set_best_step(self, step: int | None) -> None:
+    self._policy.best_step = step
+
+  def save(self, state, progress: dict) -> None:
+    step = int(state.step)
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_state_items(state)),
+          progress=ocp.args.JsonSave(progress)), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_storage_error(e):
+        raise
+      raise errors.CheckpointError(
+          f"Cannot write checkpoint {self.path(step)}: {_storage_reason(e)}. The earlier "
+          f"checkpoints in {self.directory} are untouched; free some space or make the "
+          "workdir writable, then run the same command again to resume.") from e
+
+  def restore(self, step: int, state) -> tuple[Any, dict]:
+    """Step `step` onto the structure and shardings of `state`; returns (state, progress)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(_state_items(state))),
+        progress=ocp.args.JsonRestore()))
+    return state.replace(**restored["state"]), dict(restored["progress"])
+
+  def restore_latest(self, state, quarantine: bool = False) -> tuple[Any, dict] | None:
+    """The newest checkpoint that restores, skipping (with a warning) any that do not.
+
+    With `quarantine`, a skipped checkpoint is moved, never deleted, to
+    `checkpoints.unreadable/`, so that the resumed run can save that step again."""
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(step, state)
+      except Exception as e:  # pylint: disable=broad-except
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        moved = self._quarantine(step) if quarantine else None
+        print(f"warning: checkpoint {self.path(step)} is unreadable and was skipped "
+              f"({reason})" + (f"; moved to {moved}" if moved else ""),
+              file=sys.stderr, flush=True)
+    return None
+
+  def _quarantine(self, step: int) -> pathlib.Path:
+    target = self.directory.with_name(self.directory.name + ".unreadable") / str(step)
+    target.parent.mkdir(exist_ok=True)
+    suffix = 0
+    while target.exists():
+      suffix += 1
+      target = target.with_name(f"{step}.{suffix}")
+    os.replace(self.path(step), target)
+    self._manager.reload()
+    return target
+
+  def read_arrays(self, step: int) -> dict:
+    """The saved train state of `step` as host arrays, for inspection and tests."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=device)))
+    return jax.tree.map(np.asarray, restored["state"])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+# TensorStore reports I/O failures as ValueErrors that carry an absl status code.
+_STORAGE_STATUS = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DATA_LOSS",
+                   "FAILED_PRECONDITION", "UNKNOWN")
+
+
+def _is_storage_error(e: Exception) -> bool:
+  return isinstance(e, OSError) or (isinstance(e, ValueError) and (
+      "os_error_code" in str(e) or str(e).startswith(_STORAGE_STATUS)))
+
+
+def _storage_reason(e: Exception) -> str:
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  text = str(e)
+  for reason in ("No space left on device", "Read-only file system", "Permission denied",
+                 "Disk quota exceeded"):
+    if reason in text:
+      return reason
+  return text.splitlines()[0][:300]
+
+
+def _make_dir(path: pathlib.Path) -> None:
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise errors.CheckpointError(f"Cannot create checkpoint directory {path}: "
+                                 f"{e.strerror or e}") from e
+
+
+class StopSignals:
+  """SIGTERM and SIGINT ask the loop to checkpoint and stop at the next step boundary.
+
+  A second signal of either kind restores the default behaviour (die, or
+  KeyboardInterrupt), so a stuck run can still be stopped."""
+
+  def __init__(self):
+    self.received: str | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print(f"\n{self.received} received: saving a checkpoint at the end of this step, "
+          "then stopping (send it again to stop at once).", file=sys.stderr, flush=True)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
