@@ -18,8 +18,9 @@ import numpy as np
 
 from research import configs, sharding
 from research.models import create_model
-from research.training import loop, optim
+from research.training import jitted, optim
 from research.training.state import create_train_state
+from research.training.step import StepConfig
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "mnist_cnn", "Registered model name.")
@@ -40,7 +41,7 @@ def main(_):
   images = jax.device_put(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
   labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
   perm = jnp.arange(n)
-  step_fn = loop.make_train_fn(loop.StepConfig(), mesh, FLAGS.batch_size, seed=0)
+  step_fn = jitted.make_train_fn(StepConfig(), mesh, FLAGS.batch_size, seed=0)
 
   def run_loop(state):
     for i in range(FLAGS.steps):

@@ -5,7 +5,7 @@ A checkpoint is an orbax step directory `WORKDIR/checkpoints/<step>/` with two i
   shardings of the current mesh, so a checkpoint written on 8 devices loads on 1 and back;
 - `progress`: a JSON document with what the loop needs to continue exactly: the train
   metrics of the unfinished log window, the last train record, the best-so-far and the
-  early-stopping counters (see `loop.Progress`).
+  early-stopping counters (see `training.resume.TrainProgress`).
 
 The data order and all randomness are functions of (seed, step), so the step inside the
 state is the position in the data; nothing else about the data is stored.

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from research import configs
-from research.training import loop, optim
+from research.training import jitted, loop, optim
 from research.training.step import train_step
 
 from conftest import REPO
@@ -49,7 +49,7 @@ def test_train_step_compiles_once_per_run(tiny_folder, tmp_path, monkeypatch):
     traces.append(1)  # runs once per trace, not per step
     return train_step(*args)
 
-  monkeypatch.setattr(loop, "train_step", counting_step)
+  monkeypatch.setattr(jitted, "train_step", counting_step)
   _, summary = loop.run_training(tiny_config(tiny_folder, num_epochs=3), tmp_path / "run")
   assert summary["steps"] == 9
   assert len(traces) == 1

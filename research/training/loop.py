@@ -1,14 +1,8 @@
-"""`train_and_evaluate(config, workdir)`: the loop that ties data, model and steps.
-
-Host work per step is one jitted call: the whole dataset sits on the device, the step
-gathers its own batch from an on-device permutation, and metrics stay on the device until
-a log step fetches them. On this 2-core CPU, a Python loop over one jitted step ran 9x
-faster than `lax.scan` over the steps of an epoch (issue 2), so the loop is in Python.
-"""
+"""`train_and_evaluate(config, workdir)`: the loop that ties data, model and steps, and
+resumes from checkpoints (docs/checkpoints.md)."""
 
 from collections.abc import Callable
 import dataclasses
-import functools
 import os
 import time
 
@@ -20,100 +14,19 @@ import numpy as np
 from research import checkpoint as checkpoint_lib
 from research import configs
 from research import data as data_lib
+from research import errors
 from research import metrics as metrics_lib
 from research import outputs
 from research import plots
-from research import preprocess
 from research import progress as progress_lib
 from research import sharding
 from research.models import create_model
 from research.training import optim
+from research.training import resume
+from research.training.inputs import load_data, put_split
+from research.training.jitted import epoch_permutation, make_eval_fn, make_train_fn, step_config
+from research.training.resume import TrainProgress
 from research.training.state import TrainState, count_params, create_train_state
-from research.training.step import StepConfig, eval_step, train_step
-from research import errors
-
-# Independent random streams, each folded with the step or epoch.
-_STEP_STREAM, _SHUFFLE_STREAM = 0, 1
-
-
-def step_config(config: ml_collections.ConfigDict) -> StepConfig:
-  return StepConfig(loss=config.loss, label_smoothing=float(config.label_smoothing),
-                    mean=tuple(config.normalize_mean), std=tuple(config.normalize_std),
-                    augment=preprocess.parse_augment(config.augment),
-                    crop_padding=int(config.crop_padding))
-
-
-def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
-  dataset = data_lib.load_dataset(
-      config.dataset, config.data_dir or None, source=config.data_source,
-      validation_size=config.validation_size, split_seed=config.split_seed)
-  return dataclasses.replace(
-      dataset, train=_subset(dataset.train, config.train_subset, config.split_seed),
-      test=_subset(dataset.test, config.test_subset, config.split_seed))
-
-
-def _subset(split: "data_lib.Split", size: int, seed: int) -> "data_lib.Split":
-  """A seeded random subset: the archives are sorted by class, so a head would not do."""
-  if not size or size >= len(split.labels):
-    return split
-  keep = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:size])
-  return dataclasses.replace(split, images=split.images[keep], labels=split.labels[keep])
-
-
-def put_split(split: "data_lib.Split", mesh) -> tuple[jax.Array, jax.Array]:
-  """The whole split, replicated on every device (uint8 keeps it small)."""
-  return jax.device_put((split.images, split.labels.astype(np.int32)),
-                        sharding.replicated(mesh))
-
-
-def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int):
-  """A jitted (state, images, labels, perm, index) -> (state, metrics) that trains on
-  batch `index` of the permutation `perm`."""
-  step_key = jax.random.fold_in(jax.random.key(seed), _STEP_STREAM)
-  batch_sharding = sharding.batch_sharded(mesh)
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_on_batch(state, images, labels, perm, index):
-    idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
-    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-    batch = {"image": images[idx], "label": labels[idx]}
-    return train_step(state, batch, jax.random.fold_in(step_key, state.step), cfg)
-
-  return train_on_batch
-
-
-def epoch_permutation(seed: int, epoch: int, size: int) -> jax.Array:
-  """The data order of an epoch is a function of (seed, epoch) only."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHUFFLE_STREAM), epoch)
-  return _permutation(key, size)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _permutation(key, size):
-  return jax.random.permutation(key, size)
-
-
-def make_eval_fn(cfg: StepConfig, mesh, batch_size: int):
-  batch_sharding = sharding.batch_sharded(mesh)
-
-  @jax.jit
-  def eval_batch(state, images, labels, order, index):
-    idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
-    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-    return eval_step(state, {"image": images[idx], "label": labels[idx]}, cfg)
-
-  def evaluate(state, images, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example losses and predictions for the whole split, fetched once."""
-    size = labels.shape[0]
-    num_batches = -(-size // batch_size)
-    # The last batch wraps around to the start; its extra rows are dropped below.
-    order = jnp.arange(num_batches * batch_size, dtype=jnp.int32) % size
-    results = [eval_batch(state, images, labels, order, i) for i in range(num_batches)]
-    losses, preds = jax.device_get((jnp.concatenate([r[0] for r in results]),
-                                    jnp.concatenate([r[1] for r in results])))
-    return losses[:size], preds[:size]
-
-  return evaluate
 
 
 def _mean_metrics(pending: list[dict]) -> dict:
@@ -122,47 +35,6 @@ def _mean_metrics(pending: list[dict]) -> dict:
   stacked = {k: np.stack([np.asarray(m[k], np.float32) for m in pending])
              for k in pending[0]}
   return {k: float(np.mean(v)) for k, v in stacked.items()}
-
-
-@dataclasses.dataclass
-class TrainProgress:
-  """What the loop carries from step to step besides the train state; each checkpoint
-  stores it as JSON, so that a resumed run continues the same metrics history, the
-  best-so-far and early stopping."""
-  pending: list = dataclasses.field(default_factory=list)  # train metrics, unlogged window
-  last_train: dict = dataclasses.field(default_factory=dict)
-  train_seconds: float = 0.0
-  best: dict | None = None          # {"metric", "value", "step"}
-  bad_evals: int = 0                # evaluations since the best, for early stopping
-  stopped_early: bool = False
-  finished: bool = False
-
-  def to_json(self) -> dict:
-    record = dataclasses.asdict(self)
-    pending = jax.device_get(self.pending)
-    record["pending"] = {k: [float(m[k]) for m in pending] for k in
-                         (pending[0] if pending else ())}
-    return record
-
-  @classmethod
-  def from_json(cls, record: dict) -> "TrainProgress":
-    record = dict(record)
-    pending = record.pop("pending") or {}
-    keys = list(pending)
-    steps = len(pending[keys[0]]) if keys else 0
-    record["pending"] = [{k: np.float32(pending[k][i]) for k in keys} for i in range(steps)]
-    return cls(**record)
-
-  def update_best(self, metric: str, value: float, step: int, mode: str,
-                  patience: int) -> bool:
-    """Records an evaluation; True if it is a new best."""
-    if self.best is None or (value > self.best["value"] if mode == "max"
-                             else value < self.best["value"]):
-      self.best, self.bad_evals = {"metric": metric, "value": value, "step": step}, 0
-      return True
-    self.bad_evals += 1
-    self.stopped_early = bool(patience) and self.bad_evals >= patience
-    return False
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -255,7 +127,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
   writer = outputs.RunDir(workdir)
-  changes = _check_resumable(writer, config)
+  changes = resume.check_resumable(writer, config)
   if config.mode == "train" and writer.path.exists():
     writer.lock()
   try:
@@ -263,27 +135,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   except BaseException:
     writer.unlock()
     raise
-
-
-def _check_resumable(writer: outputs.RunDir, config) -> dict:
-  """Refuses changes of config keys that matter against the run in `writer`; returns the
-  harmless ones."""
-  if config.mode == "eval" and not writer.checkpoint_dir.is_dir():
-    raise errors.WorkdirError(f"--config.mode=eval needs a checkpoint, and "
-                              f"{writer.checkpoint_dir} does not exist.")
-  if config.mode == "train":
-    writer.refuse_results_without_checkpoints()
-  saved = writer.read_config()
-  if saved is None:
-    return {}
-  changes = configs.changed_keys(saved, config)
-  refused = {k: v for k, v in changes.items() if k not in configs.RESUMABLE_CHANGES}
-  if refused:
-    listing = "; ".join(f"config.{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
-    raise errors.ConfigError(
-        f"{writer.path} holds a run with a different config, which cannot be resumed "
-        f"with these changes: {listing}. Use the same values, or pass a new --workdir.")
-  return changes
 
 
 def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
@@ -304,7 +155,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   checkpoints = checkpoint_lib.Checkpoints(writer.checkpoint_dir, config.keep_checkpoints,
                                            read_only=not training)
   state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
-  state, train_progress, resumed_from = _restore(checkpoints, state, writer, config,
+  state, train_progress, resumed_from = resume.restore(checkpoints, state, writer, config,
                                                  steps_per_epoch)
   if training:
     if train_progress.best:
@@ -344,27 +195,6 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   return run
 
 
-def _restore(checkpoints, state, writer, config, steps_per_epoch):
-  """(state, TrainProgress, resumed step or None) from the latest good checkpoint."""
-  if not checkpoints.steps():
-    return state, TrainProgress(), None
-  restored = checkpoints.restore_latest(state, quarantine=config.mode == "train")
-  if restored is None:
-    raise errors.CheckpointError(
-        f"No checkpoint in {checkpoints.directory} could be read (see the warnings "
-        "above). Move that directory away to start over; nothing was deleted.")
-  state, record = restored
-  step = int(state.step)
-  total = steps_per_epoch * config.num_epochs
-  if step > total and config.mode == "train":
-    raise errors.ConfigError(
-        f"config.num_epochs={config.num_epochs} ({total} steps) is less than the {step} "
-        f"steps this run in {writer.path} has already trained.")
-  train_progress = TrainProgress.from_json(record)
-  train_progress.finished = train_progress.stopped_early or step >= total
-  return state, train_progress, step
-
-
 def train(run: Run) -> tuple[float, dict]:
   """Runs the remaining steps; returns (seconds spent training, the last train log
   record).
@@ -396,7 +226,7 @@ def train(run: Run) -> tuple[float, dict]:
         if epoch_end:
           new_best = _evaluate_epoch(run, epoch + 1)
         window_start = time.perf_counter()
-      if (_checkpoint_due(config, done, spe, total) or new_best or tp.stopped_early
+      if (resume.checkpoint_due(config, done, spe, total) or new_best or tp.stopped_early
           or signals.received):
         tp.finished = done == total or tp.stopped_early
         saving = time.perf_counter()
@@ -414,13 +244,6 @@ def train(run: Run) -> tuple[float, dict]:
             f"{run.checkpoints.path(done)}. Run the same command again to resume.")
   run.progress.close()
   return tp.train_seconds, tp.last_train
-
-
-def _checkpoint_due(config, done: int, spe: int, total: int) -> bool:
-  by_steps = config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0
-  by_epochs = (config.checkpoint_every_epochs and done % spe == 0
-               and (done // spe) % config.checkpoint_every_epochs == 0)
-  return bool(by_steps or by_epochs or done == total)
 
 
 def _save(run: Run, step: int) -> None:

@@ -1,0 +1,33 @@
+"""The run's data: loaded by name, subset by config, placed on the devices."""
+
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+
+from research import data as data_lib
+from research import sharding
+
+
+def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
+  dataset = data_lib.load_dataset(
+      config.dataset, config.data_dir or None, source=config.data_source,
+      validation_size=config.validation_size, split_seed=config.split_seed)
+  return dataclasses.replace(
+      dataset, train=_subset(dataset.train, config.train_subset, config.split_seed),
+      test=_subset(dataset.test, config.test_subset, config.split_seed))
+
+
+def _subset(split: "data_lib.Split", size: int, seed: int) -> "data_lib.Split":
+  """A seeded random subset: the archives are sorted by class, so a head would not do."""
+  if not size or size >= len(split.labels):
+    return split
+  keep = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:size])
+  return dataclasses.replace(split, images=split.images[keep], labels=split.labels[keep])
+
+
+def put_split(split: "data_lib.Split", mesh) -> tuple[jax.Array, jax.Array]:
+  """The whole split, replicated on every device (uint8 keeps it small)."""
+  return jax.device_put((split.images, split.labels.astype(np.int32)),
+                        sharding.replicated(mesh))

@@ -1,0 +1,101 @@
+"""What a run needs to resume exactly: the loop's own state besides the train state,
+the check of a re-run's config against the saved one, and restoring from checkpoints."""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from research import configs
+from research import errors
+from research import outputs
+
+
+@dataclasses.dataclass
+class TrainProgress:
+  """What the loop carries from step to step besides the train state; each checkpoint
+  stores it as JSON, so that a resumed run continues the same metrics history, the
+  best-so-far and early stopping."""
+  pending: list = dataclasses.field(default_factory=list)  # train metrics, unlogged window
+  last_train: dict = dataclasses.field(default_factory=dict)
+  train_seconds: float = 0.0
+  best: dict | None = None          # {"metric", "value", "step"}
+  bad_evals: int = 0                # evaluations since the best, for early stopping
+  stopped_early: bool = False
+  finished: bool = False
+
+  def to_json(self) -> dict:
+    record = dataclasses.asdict(self)
+    pending = jax.device_get(self.pending)
+    record["pending"] = {k: [float(m[k]) for m in pending] for k in
+                         (pending[0] if pending else ())}
+    return record
+
+  @classmethod
+  def from_json(cls, record: dict) -> "TrainProgress":
+    record = dict(record)
+    pending = record.pop("pending") or {}
+    keys = list(pending)
+    steps = len(pending[keys[0]]) if keys else 0
+    record["pending"] = [{k: np.float32(pending[k][i]) for k in keys} for i in range(steps)]
+    return cls(**record)
+
+  def update_best(self, metric: str, value: float, step: int, mode: str,
+                  patience: int) -> bool:
+    """Records an evaluation; True if it is a new best."""
+    if self.best is None or (value > self.best["value"] if mode == "max"
+                             else value < self.best["value"]):
+      self.best, self.bad_evals = {"metric": metric, "value": value, "step": step}, 0
+      return True
+    self.bad_evals += 1
+    self.stopped_early = bool(patience) and self.bad_evals >= patience
+    return False
+
+
+def check_resumable(writer: outputs.RunDir, config) -> dict:
+  """Refuses changes of config keys that matter against the run in `writer`; returns the
+  harmless ones."""
+  if config.mode == "eval" and not writer.checkpoint_dir.is_dir():
+    raise errors.WorkdirError(f"--config.mode=eval needs a checkpoint, and "
+                              f"{writer.checkpoint_dir} does not exist.")
+  if config.mode == "train":
+    writer.refuse_results_without_checkpoints()
+  saved = writer.read_config()
+  if saved is None:
+    return {}
+  changes = configs.changed_keys(saved, config)
+  refused = {k: v for k, v in changes.items() if k not in configs.RESUMABLE_CHANGES}
+  if refused:
+    listing = "; ".join(f"config.{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+    raise errors.ConfigError(
+        f"{writer.path} holds a run with a different config, which cannot be resumed "
+        f"with these changes: {listing}. Use the same values, or pass a new --workdir.")
+  return changes
+
+
+def restore(checkpoints, state, writer, config, steps_per_epoch):
+  """(state, TrainProgress, resumed step or None) from the latest good checkpoint."""
+  if not checkpoints.steps():
+    return state, TrainProgress(), None
+  restored = checkpoints.restore_latest(state, quarantine=config.mode == "train")
+  if restored is None:
+    raise errors.CheckpointError(
+        f"No checkpoint in {checkpoints.directory} could be read (see the warnings "
+        "above). Move that directory away to start over; nothing was deleted.")
+  state, record = restored
+  step = int(state.step)
+  total = steps_per_epoch * config.num_epochs
+  if step > total and config.mode == "train":
+    raise errors.ConfigError(
+        f"config.num_epochs={config.num_epochs} ({total} steps) is less than the {step} "
+        f"steps this run in {writer.path} has already trained.")
+  train_progress = TrainProgress.from_json(record)
+  train_progress.finished = train_progress.stopped_early or step >= total
+  return state, train_progress, step
+
+
+def checkpoint_due(config, done: int, spe: int, total: int) -> bool:
+  by_steps = config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0
+  by_epochs = (config.checkpoint_every_epochs and done % spe == 0
+               and (done // spe) % config.checkpoint_every_epochs == 0)
+  return bool(by_steps or by_epochs or done == total)
