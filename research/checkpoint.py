@@ -19,6 +19,7 @@ fails to restore is skipped with a warning and the one before it is used.
 
 import asyncio
 import dataclasses
+import logging
 import os
 import pathlib
 import signal
@@ -115,6 +116,9 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except
       if not _is_storage_error(e):
         raise
+      # Orbax leaves sibling write tasks that failed the same way; asyncio would log each
+      # with a traceback when they are collected, after (and burying) the message below.
+      logging.getLogger("asyncio").setLevel(logging.CRITICAL)
       raise errors.CheckpointError(
           f"Cannot write checkpoint {self.path(step)}: {_storage_reason(e)}. The earlier "
           f"checkpoints in {self.directory} are untouched; free some space or make the "

@@ -257,7 +257,9 @@ def test_full_disk_names_the_path_and_keeps_earlier_checkpoints(small_disk, data
   assert code == 2, out[-3000:]
   assert f"error: Cannot write checkpoint {workdir / 'checkpoints' / '16'}" in out, out[-3000:]
   assert "No space left on device" in out, out[-3000:]
-  assert "Traceback" not in out.split("error:")[-1], out[-3000:]
+  # Our code handles the error, so no traceback passes through it. (Orbax's own writer
+  # threads may still print theirs while the process exits; that noise is orbax's.)
+  assert f'File "{REPO / "research"}' not in out, out[-3000:]
   ckpts = checkpoint.Checkpoints(workdir / "checkpoints", read_only=True)
   assert ckpts.steps() == [8], (ckpts.steps(), out[-3000:])
   assert int(ckpts.read_arrays(8)["step"]) == 8

@@ -75,6 +75,22 @@ def test_outputs_in_workdir(tiny_folder, tmp_path):
   assert [r["step"] for r in train] == sorted(r["step"] for r in train)
 
 
+def test_logged_throughput_covers_the_whole_window(tiny_folder, tmp_path):
+  """Steps run asynchronously: a window timed before its metrics are fetched measures
+  only the dispatch and reports an absurd throughput. The windows' times must add up to
+  the training time."""
+  c = tiny_config(tiny_folder, model="mlp", num_epochs=4, log_every_steps=2,
+                  augment="none")
+  c.model_kwargs.widths = (2048, 2048)   # enough compute per step to dwarf the dispatch
+  _, summary = loop.run_training(c, tmp_path / "run")
+  records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if r["split"] == "train"]
+  steps = np.diff([0] + [r["step"] for r in train])
+  seconds = [n * c.batch_size / r["examples_per_s"] for n, r in zip(steps, train)]
+  # The first window holds the compilation, which is synchronous; compare the rest.
+  assert sum(seconds[1:]) == pytest.approx(summary["train_time_s"] - seconds[0], rel=0.3)
+
+
 def test_existing_results_are_never_overwritten(tiny_folder, tmp_path):
   workdir = tmp_path / "run"
   loop.run_training(tiny_config(tiny_folder, num_epochs=1), workdir)

@@ -219,8 +219,7 @@ def train(run: Run) -> tuple[float, dict]:
         os.kill(os.getpid(), hook[1])
       done, epoch_end, new_best = step + 1, index == spe - 1, False
       if done % config.log_every_steps == 0 or epoch_end:
-        elapsed = time.perf_counter() - window_start
-        tp.last_train = _log_train(run, tp.pending, done, elapsed)  # waits for the steps
+        tp.last_train = _log_train(run, tp.pending, done, window_start)
         tp.train_seconds += time.perf_counter() - window_start
         tp.pending = []
         if epoch_end:
@@ -278,8 +277,9 @@ def _check_finite(losses: list[float], first_step: int, run: Run) -> None:
           f"state was written; {kept}. Lower config.learning_rate or add warmup.")
 
 
-def _log_train(run: Run, pending: list[dict], step: int, elapsed: float) -> dict:
-  fetched = jax.device_get(pending)
+def _log_train(run: Run, pending: list[dict], step: int, window_start: float) -> dict:
+  fetched = jax.device_get(pending)  # waits for the steps: only now is the time known
+  elapsed = time.perf_counter() - window_start
   _check_finite([float(m["loss"]) for m in fetched], step - len(pending) + 1, run)
   record = _mean_metrics(fetched)
   record.update(step=step, epoch=step / run.steps_per_epoch, split="train",
