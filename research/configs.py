@@ -6,13 +6,16 @@ lives in this one object, which is saved beside the results as config.json.
 
 import ml_collections
 
+from research import corruption
 from research import preprocess
 from research.models import MODELS
+from research.models import accepts
 from research.training import losses
 from research.training import optim
 from research import errors
 
 DATA_SOURCES = ("auto", "local", "tfds")
+BATCH_NORM = ("auto", "on", "off")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,11 +30,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
   c.normalize_mean = (0.0,)       # per channel, on pixels scaled to [0, 1]
   c.normalize_std = (1.0,)
-  c.augment = "none"              # comma-separated: crop, flip
+  c.augment = "none"              # comma-separated: crop, flip, cutout
   c.crop_padding = 4
+  c.cutout_size = 8               # side of the square that `cutout` zeroes (the mean)
+  # Zhang et al. 2017 corruptions, seeded by `seed`, applied on the host at load time.
+  c.label_corruption = 0.0        # this fraction of train labels -> uniform random class
+  c.input_corruption = "none"     # none | shuffled_pixels | random_pixels | gaussian
+                                  # (train, validation and test images alike)
   # Model.
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict()
+  # Study knobs passed to the model constructor when set; the sentinels keep the model's
+  # own default (e.g. VGG has BatchNorm, S6 has dropout 0.2). Setting one in both here
+  # and model_kwargs is an error.
+  c.dropout = -1.0                # -1 = model default; else the rate in [0, 1)
+  c.batch_norm = "auto"           # auto (model default) | on | off
+  c.width_multiplier = 1.0        # scales hidden widths and channels; 1 = as defined
   # Optimisation.
   c.optimizer = "adam"
   c.learning_rate = 1e-3
@@ -41,6 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eps = 1e-7                    # Keras' default, which the seed recipes used
   c.rmsprop_decay = 0.9
   c.weight_decay = 0.0
+  # Penalties added to the loss, over kernels only (params with ndim > 1), in Keras'
+  # convention: l1 * sum|w| + l2 * sum(w^2) (no 1/2; l2=c equals PyTorch weight_decay=2c
+  # for SGD). The logged train loss includes them; eval losses do not.
+  c.l1 = 0.0
+  c.l2 = 0.0
+  # Srivastava et al. 2014: after each update, rescale each unit's incoming weight vector
+  # (a kernel's last axis indexes units) to L2 norm <= max_norm. 0 = off.
+  c.max_norm = 0.0
   c.lr_schedule = "constant"
   c.warmup_epochs = 0.0
   c.lr_decay_factor = 0.1
@@ -98,6 +120,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "loss", losses.LOSSES)
   _check_choice(config, "data_source", DATA_SOURCES)
   preprocess.parse_augment(config.augment)
+  _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
+  _check_choice(config, "batch_norm", BATCH_NORM)
+  for key in ("label_corruption",):
+    if not 0 <= config[key] <= 1:
+      raise errors.ConfigError(f"config.{key}={config[key]} must be in [0, 1].")
+  if config.dropout != -1 and not 0 <= config.dropout < 1:
+    raise errors.ConfigError(f"config.dropout={config.dropout} must be in [0, 1), or -1 "
+                             "for the model's default.")
+  for key in ("l1", "l2", "max_norm"):
+    _check_positive(config, key, allow_zero=True)
+  for key in ("width_multiplier", "cutout_size"):
+    _check_positive(config, key)
+  model_kwargs(config)
   for key in ("batch_size", "eval_batch_size", "num_epochs", "learning_rate",
               "log_every_steps"):
     _check_positive(config, key)
@@ -115,6 +150,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_best_metric(config)
   if len(config.normalize_mean) != len(config.normalize_std):
     raise errors.ConfigError("config.normalize_mean and config.normalize_std differ in length.")
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """config.model_kwargs plus the top-level model knobs that are set (not at their
+  sentinel), checked against what the model's constructor accepts."""
+  kwargs = config.model_kwargs.to_dict()
+  knobs = {"dropout": (config.dropout, config.dropout != -1),
+           "batch_norm": (config.batch_norm == "on", config.batch_norm != "auto"),
+           "width_multiplier": (config.width_multiplier, config.width_multiplier != 1.0)}
+  for key, (value, is_set) in knobs.items():
+    if not is_set:
+      continue
+    if key in kwargs:
+      raise errors.ConfigError(f"config.{key} and config.model_kwargs.{key} are both set; "
+                               "set only one.")
+    if config.model in MODELS and not accepts(config.model, key):
+      raise errors.ConfigError(f"config.{key} is not supported by model "
+                               f"{config.model!r}; leave it at its default.")
+    kwargs[key] = value
+  return kwargs
 
 
 def _check_best_metric(config) -> None:

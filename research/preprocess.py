@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from research import errors
 
-AUGMENTATIONS = ("crop", "flip")
+AUGMENTATIONS = ("crop", "flip", "cutout")
 
 
 def parse_augment(spec: str) -> tuple[str, ...]:
@@ -48,11 +48,27 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
   return jnp.where(flip, images[:, :, ::-1, :], images)
 
 
+def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
+  """DeVries & Taylor 2017: zeroes (the mean, after normalisation) one size x size square
+  per image, at a random position inside the image, all channels."""
+  n, h, w, _ = images.shape
+  if size > min(h, w):
+    raise errors.ConfigError(f"config.cutout_size={size} is larger than the {h}x{w} images.")
+  corners = jax.random.randint(key, (n, 2), 0, jnp.array([h - size + 1, w - size + 1]))
+  rows = jnp.arange(h)[None, :] - corners[:, :1]   # (n, h): offset from the square's top
+  cols = jnp.arange(w)[None, :] - corners[:, 1:]
+  inside = (((rows >= 0) & (rows < size))[:, :, None]
+            & ((cols >= 0) & (cols < size))[:, None, :])
+  return jnp.where(inside[..., None], 0.0, images)
+
+
 def augment(key: jax.Array, images: jax.Array, ops: tuple[str, ...],
-            crop_padding: int) -> jax.Array:
+            crop_padding: int, cutout_size: int = 8) -> jax.Array:
   crop_key, flip_key = jax.random.split(key)
   if "crop" in ops and crop_padding > 0:
     images = random_crop(crop_key, images, crop_padding)
   if "flip" in ops:
     images = random_flip(flip_key, images)
+  if "cutout" in ops:  # folded in, so crop and flip draw exactly as before cutout existed
+    images = cutout(jax.random.fold_in(key, 2), images, cutout_size)
   return images

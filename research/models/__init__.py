@@ -5,6 +5,8 @@
 Adding a model is one function and one line in `MODELS`.
 """
 
+import inspect
+
 from flax import nnx
 
 from research.models import cnn
@@ -21,6 +23,21 @@ MODELS = {
     "dropout_cnn": cnn.dropout_cnn,  # S6
     "vgg": vgg.VGG,                  # the main job's CIFAR CNN
 }
+
+
+def accepts(name: str, arg: str) -> bool:
+  """Whether model `name` takes hyperparameter `arg`. The seed CNN factories forward
+  **kw to ConvPoolNet, so their keyword arguments are ConvPoolNet's."""
+  factory = MODELS[name]
+  # nnx's metaclass hides a Module's signature; read its __init__ instead.
+  signature = lambda f: inspect.signature(f.__init__ if isinstance(f, type) else f).parameters
+  params = signature(factory)
+  if arg in params:
+    return True
+  if factory.__module__ == cnn.__name__ and any(
+      p.kind is p.VAR_KEYWORD for p in params.values()):
+    return arg in signature(cnn.ConvPoolNet)
+  return False
 
 
 def create_model(name: str, *, input_shape, num_classes: int, seed: int = 0, **kwargs):

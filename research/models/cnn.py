@@ -23,14 +23,19 @@ class ConvPoolNet(nnx.Module):
   """[Conv(k) -> act -> MaxPool 2] per stage -> Flatten -> [Dense -> act] -> Dense.
 
   Seeds S2-S6 are all this shape; they differ only in channels, kernels and widths.
+  For the studies, `width_multiplier` scales channels and hidden dense widths, and
+  `batch_norm` adds BatchNorm before each hidden activation (conv and dense).
   """
 
   def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
                channels: Sequence[int], kernels: Sequence[int],
                dense: Sequence[int] = (), activation: str = "relu",
-               dropout: float = 0.0):
+               dropout: float = 0.0, width_multiplier: float = 1.0,
+               batch_norm: bool = False, bn_momentum: float = 0.9):
     if len(channels) != len(kernels):
       raise errors.ConfigError(f"channels {channels} and kernels {kernels} differ in length")
+    channels = [max(1, round(x * width_multiplier)) for x in channels]
+    dense = [max(1, round(x * width_multiplier)) for x in dense]
     h, w, c = input_shape
     side_h, side_w = _spatial_after(h, kernels), _spatial_after(w, kernels)
     if min(side_h, side_w) < 1:
@@ -41,26 +46,37 @@ class ConvPoolNet(nnx.Module):
     self.dropout_rate = dropout
     ins = [c, *channels[:-1]]
     self.convs = nnx.List([
-        nnx.Conv(i, o, (k, k), padding="VALID", rngs=rngs)
+        nnx.Conv(i, o, (k, k), padding="VALID", use_bias=not batch_norm, rngs=rngs)
         for i, o, k in zip(ins, channels, kernels)])
     sizes = [side_h * side_w * channels[-1], *dense]
     self.dense = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        [nnx.Linear(a, b, use_bias=not batch_norm, rngs=rngs)
+         for a, b in zip(sizes[:-1], sizes[1:])])
+    self.norms = nnx.List([nnx.BatchNorm(n, momentum=bn_momentum, rngs=rngs)
+                           for n in [*channels, *dense]] if batch_norm else [])
     self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:
     base.check_input(x, self.input_shape)
-    h = x
+    h, layer = x, 0
     for conv in self.convs:
-      h = layers.max_pool(self.act(conv(h)))
+      h = layers.max_pool(self.act(self._norm(layer, conv(h), train)))
+      layer += 1
     h = base.flatten(h)
     for dense in self.dense:
-      h = self.act(dense(h))
+      h = self.act(self._norm(layer, dense(h), train))
+      layer += 1
     h = layers.dropout(h, self.dropout_rate, dropout_key, train)
     logits = self.head(h)
     base.check_logits(logits, x.shape[0], self.num_classes)
     return logits
+
+
+  def _norm(self, layer: int, h: jax.Array, train: bool) -> jax.Array:
+    if not self.norms:
+      return h
+    return self.norms[layer](h, use_running_average=not train)
 
 
 def mnist_cnn(**kw):

@@ -11,19 +11,27 @@ from research.models import layers
 
 
 class MLP(nnx.Module):
-  """Flatten -> [Dense -> activation -> dropout] * len(widths) -> Dense(num_classes)."""
+  """Flatten -> [Dense -> (BatchNorm) -> activation -> dropout] * len(widths) ->
+  Dense(num_classes). `width_multiplier` scales the hidden widths for capacity sweeps."""
 
   def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
                widths: Sequence[int] = (64,), activation: str = "relu",
-               dropout: float = 0.0, input_dropout: float = 0.0):
+               dropout: float = 0.0, input_dropout: float = 0.0,
+               width_multiplier: float = 1.0, batch_norm: bool = False,
+               bn_momentum: float = 0.9):
     self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
     self.act = layers.activation(activation)
     self.dropout_rate = dropout
     self.input_dropout_rate = input_dropout
+    widths = [max(1, round(w * width_multiplier)) for w in widths]
     sizes = [int(np.prod(input_shape)), *widths]
+    # BatchNorm's shift replaces the Dense bias, as in VGG.
     self.hidden = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        [nnx.Linear(a, b, use_bias=not batch_norm, rngs=rngs)
+         for a, b in zip(sizes[:-1], sizes[1:])])
+    self.norms = nnx.List([nnx.BatchNorm(b, momentum=bn_momentum, rngs=rngs)
+                           for b in widths] if batch_norm else [])
     self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
@@ -32,7 +40,10 @@ class MLP(nnx.Module):
     h = base.flatten(x)
     h = layers.dropout(h, self.input_dropout_rate, layers.layer_key(dropout_key, 0), train)
     for i, dense in enumerate(self.hidden):
-      h = self.act(dense(h))
+      h = dense(h)
+      if self.norms:
+        h = self.norms[i](h, use_running_average=not train)
+      h = self.act(h)
       h = layers.dropout(h, self.dropout_rate, layers.layer_key(dropout_key, i + 1), train)
     logits = self.head(h)
     base.check_logits(logits, x.shape[0], self.num_classes)

@@ -6,6 +6,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from research import corruption
 from research import data as data_lib
 from research import sharding
 
@@ -14,9 +15,16 @@ def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
   dataset = data_lib.load_dataset(
       config.dataset, config.data_dir or None, source=config.data_source,
       validation_size=config.validation_size, split_seed=config.split_seed)
-  return dataclasses.replace(
+  dataset = dataclasses.replace(
       dataset, train=_subset(dataset.train, config.train_subset, config.split_seed),
       test=_subset(dataset.test, config.test_subset, config.split_seed))
+  # Corruptions come after subsetting (they act on what is trained on) and draw from
+  # `seed`, not `split_seed`: a new seed is a new draw of the corrupted data.
+  dataset = corruption.corrupt_inputs(dataset, config.input_corruption, config.seed)
+  labels = corruption.corrupt_labels(dataset.train.labels, config.label_corruption,
+                                     dataset.num_classes, config.seed)
+  return dataclasses.replace(dataset, train=dataclasses.replace(dataset.train,
+                                                                labels=labels))
 
 
 def _subset(split: "data_lib.Split", size: int, seed: int) -> "data_lib.Split":

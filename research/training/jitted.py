@@ -27,7 +27,9 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   return StepConfig(loss=config.loss, label_smoothing=float(config.label_smoothing),
                     mean=tuple(config.normalize_mean), std=tuple(config.normalize_std),
                     augment=preprocess.parse_augment(config.augment),
-                    crop_padding=int(config.crop_padding))
+                    crop_padding=int(config.crop_padding),
+                    cutout_size=int(config.cutout_size), l1=float(config.l1),
+                    l2=float(config.l2), max_norm=float(config.max_norm))
 
 
 def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int):

@@ -18,6 +18,7 @@ from research import errors
 from research import metrics as metrics_lib
 from research import outputs
 from research import plots
+from research import preprocess
 from research import progress as progress_lib
 from research import sharding
 from research.models import create_model
@@ -145,9 +146,13 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   if steps_per_epoch == 0:
     raise errors.ConfigError(f"config.batch_size={config.batch_size} is larger than the "
                              f"{len(dataset.train.labels)} training examples.")
+  if "cutout" in preprocess.parse_augment(config.augment) and (
+      config.cutout_size > min(dataset.image_shape[:2])):
+    raise errors.ConfigError(f"config.cutout_size={config.cutout_size} is larger than the "
+                             f"{dataset.image_shape[:2]} images.")
   model = create_model(config.model, input_shape=dataset.image_shape,
                        num_classes=dataset.num_classes, seed=config.seed,
-                       **config.model_kwargs.to_dict())
+                       **configs.model_kwargs(config))
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
   training = config.mode == "train"
   if training:

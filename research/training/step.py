@@ -24,6 +24,38 @@ class StepConfig:
   std: tuple[float, ...] = (1.0,)
   augment: tuple[str, ...] = ()
   crop_padding: int = 4
+  cutout_size: int = 8
+  l1: float = 0.0
+  l2: float = 0.0
+  max_norm: float = 0.0
+
+
+def _kernels(params) -> list[jax.Array]:
+  """Weight matrices and conv kernels; biases and BatchNorm scales are not penalised."""
+  return [p for p in jax.tree.leaves(params) if p.ndim > 1]
+
+
+def penalty(params, l1: float, l2: float) -> jax.Array:
+  """l1 * sum|w| + l2 * sum(w^2) over kernels (Keras' convention, no 1/2)."""
+  total = jnp.zeros((), jnp.float32)
+  for w in _kernels(params):
+    if l1:
+      total += l1 * jnp.sum(jnp.abs(w))
+    if l2:
+      total += l2 * jnp.sum(jnp.square(w))
+  return total
+
+
+def max_norm_project(params, max_norm: float):
+  """Rescales each unit's incoming weight vector to L2 norm <= max_norm. A kernel's last
+  axis indexes its output units, so the norm runs over every other axis: axis 0 of a
+  Dense (in, out) kernel, axes (0, 1, 2) of a Conv (kh, kw, in, out) kernel."""
+  def project(w):
+    if w.ndim < 2:
+      return w
+    norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=tuple(range(w.ndim - 1)), keepdims=True))
+    return jnp.where(norm > max_norm, w * (max_norm / jnp.maximum(norm, 1e-12)), w)
+  return jax.tree.map(project, params)
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
@@ -31,19 +63,24 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   augment_key, dropout_key = jax.random.split(key)
   images = preprocess.normalize(batch["image"], cfg.mean, cfg.std)
   if cfg.augment:
-    images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding)
+    images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding,
+                                cfg.cutout_size)
 
   def loss_fn(params):
     logits, batch_stats = apply_model(state, params, images, train=True,
                                       dropout_key=dropout_key)
     loss = losses.per_example_loss(cfg.loss, logits, batch["label"],
                                    cfg.label_smoothing).mean()
+    if cfg.l1 or cfg.l2:
+      loss = loss + penalty(params, cfg.l1, cfg.l2)
     return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+  if cfg.max_norm:
+    params = max_norm_project(params, cfg.max_norm)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
   metrics = {"loss": loss,
