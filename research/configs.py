@@ -4,6 +4,8 @@ Experiments call `base_config()` and override what their recipe sets. Every knob
 lives in this one object, which is saved beside the results as config.json.
 """
 
+import json
+
 import ml_collections
 
 from research import corruption
@@ -201,7 +203,6 @@ def changed_keys(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tu
   """{key: (saved value, new value)} for every top-level key that differs, comparing the
   JSON forms (config.json holds tuples as lists). Keys added since are compared with
   their defaults."""
-  import json
   new = json.loads(config.to_json_best_effort())
   defaults = json.loads(base_config().to_json_best_effort())
   return {k: (saved.get(k, defaults.get(k)), new.get(k))

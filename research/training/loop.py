@@ -70,8 +70,7 @@ def run_training(config: ml_collections.ConfigDict,
 def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) -> dict:
   config, tp = run.config, run.train_progress
   steps = int(run.state.step)
-  if config.restore_best and tp.best:
-    run.state, _ = run.checkpoints.restore(tp.best["step"], run.state)
+  if _restore_best(run):
     run.progress.log(f"restored the best checkpoint: step {tp.best['step']}, "
                      f"{tp.best['metric']} {tp.best['value']:.4f}")
   summary = summarize(run)
@@ -92,13 +91,20 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
 def evaluate_checkpoint(run: "Run") -> dict:
   """mode=eval: the best (with restore_best) or latest checkpoint on the test set, and on
   the validation and train splits; prints, writes nothing."""
-  tp = run.train_progress
-  if run.config.restore_best and tp.best:
-    run.state, _ = run.checkpoints.restore(tp.best["step"], run.state)
+  _restore_best(run)
   summary = summarize(run, log=False)
-  summary.update(checkpoint_step=int(run.state.step), best=tp.best)
+  summary.update(checkpoint_step=int(run.state.step), best=run.train_progress.best)
   run.progress.log(f"evaluated checkpoint step {int(run.state.step)} of {run.writer.path}")
   return summary
+
+
+def _restore_best(run: "Run") -> bool:
+  """With `restore_best`, swaps the best checkpoint into `run.state`; True if it did."""
+  best = run.train_progress.best
+  if not (run.config.restore_best and best):
+    return False
+  run.state, _ = run.checkpoints.restore(best["step"], run.state)
+  return True
 
 
 @dataclasses.dataclass
@@ -161,7 +167,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
                                            read_only=not training)
   state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
   state, train_progress, resumed_from = resume.restore(checkpoints, state, writer, config,
-                                                 steps_per_epoch)
+                                                       steps_per_epoch)
   if training:
     if train_progress.best:
       checkpoints.set_best_step(train_progress.best["step"])
