@@ -2,14 +2,21 @@
 
     python -m experiments.NAME [--workdir DIR] [--config=experiments/NAME.py:VARIANT]
                                [--config.KEY=VALUE ...]
+    python -m experiments.NAME --workdir DIR [--seeds N] [--parallel N]
+                               [--grid='{"KEY": [V1, V2]}'] [--print-commands]
+                               [--aggregate-only]
 
 absl flags with `config_flags`, the JAX convention: the config file is the experiment
 module itself, a variant after ':' goes to its `get_config(variant)`, and a `--config.KEY`
 that does not exist, or a value of the wrong type, stops the run before any work starts.
+
+A module with a `get_sweep(variant)` runs its sweep (research/sweep.py), as does any
+module given --grid or --seeds; --nosweep runs the single config.
 """
 
 import datetime
 import functools
+import importlib.util
 import pathlib
 import sys
 
@@ -20,6 +27,8 @@ from ml_collections import config_flags
 
 from research import data as data_lib
 from research import errors
+from research import sweep as sweep_lib
+from research import sweep_results
 from research.training import loop
 
 FLAGS = flags.FLAGS
@@ -39,6 +48,18 @@ def main(config_file: str) -> None:
   config_flags.DEFINE_config_file("config", config_file,
                                   "Experiment config file, optionally with :variant.",
                                   lock_config=True)
+  flags.DEFINE_bool("sweep", None, "Run the config module's get_sweep() (the default when "
+                    "it has one, or with --grid or --seeds); --nosweep runs one config.")
+  flags.DEFINE_integer("seeds", None, "Sweeps: seeds per point (config.seed, +1, ...); "
+                       "default: the sweep's own.", lower_bound=1)
+  flags.DEFINE_string("grid", None, "Sweeps: a grid of overrides as JSON, e.g. "
+                      '\'{"weight_decay": [0, 0.0005]}\'; replaces get_sweep()\'s points.')
+  flags.DEFINE_integer("parallel", 1, "Sweeps: runs at a time, each its own process.",
+                       lower_bound=1)
+  flags.DEFINE_bool("print-commands", False, "Sweeps: print one command line per run not "
+                    "yet finished (for GNU parallel, SLURM, ...) and exit.")
+  flags.DEFINE_bool("aggregate-only", False, "Sweeps: only gather finished runs into "
+                    "results.csv, results.md and the plots.")
   app.run(functools.partial(_run, experiment))
 
 
@@ -47,6 +68,17 @@ def _run(experiment: str, argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
+  config_arg = config_flags.get_config_filename(FLAGS["config"])
+  module = _config_module(config_arg)
+  sweeping = FLAGS.sweep
+  if sweeping is None:
+    sweeping = bool(hasattr(module, "get_sweep") or FLAGS.grid or FLAGS.seeds)
+  if sweeping:
+    try:
+      sys.exit(_run_sweep(experiment, module, config_arg))
+    except (errors.UserError, data_lib.DataError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   workdir = FLAGS.workdir or default_workdir(experiment)
   if FLAGS.config.mode == "eval" and not FLAGS.workdir:
     raise app.UsageError("--config.mode=eval needs the --workdir of a run.")
@@ -66,3 +98,59 @@ def _run(experiment: str, argv) -> None:
   print(f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}), "
         f"train accuracy {summary['train_accuracy']:.2%}, "
         f"{summary['wall_time_s']:.0f}s; results in {workdir}")
+
+
+def _config_module(config_arg: str):
+  """The module that --config names (its get_sweep lives beside get_config)."""
+  path = config_arg.split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _this_command() -> list[str]:
+  """How to start this experiment again: `python -m experiments.NAME` when run that way."""
+  spec = getattr(sys.modules["__main__"], "__spec__", None)
+  if spec is not None and spec.name:
+    return [sys.executable, "-m", spec.name]
+  return [sys.executable, sys.argv[0]]
+
+
+def _run_sweep(experiment: str, module, config_arg: str) -> int:
+  """Plans, runs (or prints) and aggregates a sweep; returns the exit code."""
+  variant = config_arg.split(":", 1)[1] if ":" in config_arg else None
+  if FLAGS.grid:
+    sweep = sweep_lib.Sweep(sweep_lib.parse_grid(FLAGS.grid), title=experiment)
+  elif hasattr(module, "get_sweep"):
+    sweep = module.get_sweep(variant)
+  else:
+    sweep = sweep_lib.Sweep([sweep_lib.Point({})], title=experiment)
+  num_seeds = FLAGS.seeds or sweep.seeds
+  sweep_dir = pathlib.Path(FLAGS.workdir or pathlib.Path("runs") / experiment /
+                           f"sweep-{variant or 'default'}")
+  jobs = sweep_lib.plan(sweep, FLAGS.config, sweep_dir, num_seeds, _this_command(),
+                        config_arg, config_flags.get_override_values(FLAGS["config"]))
+  sweep_lib.check_existing(jobs)
+  if FLAGS["print-commands"].value:
+    sweep_lib.print_commands(jobs)
+    return 0
+  sweep_results.write_plan(sweep, jobs, sweep_dir)
+  code = 0
+  if not FLAGS["aggregate-only"].value:
+    print(f"sweep: {len(sweep.points)} point(s) x {num_seeds} seed(s) = {len(jobs)} runs "
+          f"in {sweep_dir}, {FLAGS.parallel} at a time", flush=True)
+    outcome = sweep_lib.execute(jobs, FLAGS.parallel,
+                                log=functools.partial(print, flush=True))
+    if outcome.interrupted:
+      code = errors.Interrupted.EXIT_CODE
+    elif outcome.failed:
+      code = 1
+  written = sweep_results.aggregate(sweep, jobs, sweep_dir, num_seeds)
+  print((sweep_dir / "results.md").read_text())
+  print("wrote " + ", ".join(str(p) for p in written))
+  if code == errors.Interrupted.EXIT_CODE:
+    print("interrupted: run the same command again to finish the sweep", file=sys.stderr)
+  elif code:
+    print("some runs failed (see above); the others are in the results", file=sys.stderr)
+  return code

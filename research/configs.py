@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dropout = -1.0                # -1 = model default; else the rate in [0, 1)
   c.batch_norm = "auto"           # auto (model default) | on | off
   c.width_multiplier = 1.0        # scales hidden widths and channels; 1 = as defined
+  c.depth_multiplier = 1          # repeats each MLP hidden layer / VGG conv; 1 = as defined
   # Optimisation.
   c.optimizer = "adam"
   c.learning_rate = 1e-3
@@ -80,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 200
   c.eval_every_epochs = 1         # 0 = only at the end
   c.final_train_eval = True       # re-evaluate the train split in inference mode at the end
+  # Also evaluate the training split (with its possibly corrupted labels, in inference
+  # mode) at every evaluation, logged as split 'train_eval': the train curve of the
+  # studies and the generalisation gap per epoch. Costs one inference pass over it.
+  c.eval_train = False
+  c.eval_train_size = 0           # ... over this many fixed training examples (0 = all)
   c.progress = True
   c.mode = "train"                # train | eval (load the best or latest checkpoint, test it)
   # Checkpoints (docs/checkpoints.md). A run resumes from WORKDIR/checkpoints when re-run.
@@ -99,7 +105,7 @@ RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "progress", "eval_every_ep
                      "eval_batch_size", "final_train_eval", "checkpoint_every_steps",
                      "checkpoint_every_epochs", "keep_checkpoints", "mode", "data_dir",
                      "data_source", "num_devices", "early_stopping_patience",
-                     "restore_best")
+                     "restore_best", "eval_train", "eval_train_size")
 MODES = ("train", "eval")
 
 
@@ -132,7 +138,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                              "for the model's default.")
   for key in ("l1", "l2", "max_norm"):
     _check_positive(config, key, allow_zero=True)
-  for key in ("width_multiplier", "cutout_size"):
+  for key in ("width_multiplier", "depth_multiplier", "cutout_size"):
     _check_positive(config, key)
   model_kwargs(config)
   for key in ("batch_size", "eval_batch_size", "num_epochs", "learning_rate",
@@ -140,7 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive(config, key)
   for key in ("weight_decay", "label_smoothing", "validation_size", "warmup_epochs",
               "num_devices", "eval_every_epochs", "crop_padding", "train_subset",
-              "test_subset"):
+              "test_subset", "eval_train_size"):
     _check_positive(config, key, allow_zero=True)
   if not 0 <= config.label_smoothing < 1:
     raise errors.ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
@@ -160,7 +166,8 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
   kwargs = config.model_kwargs.to_dict()
   knobs = {"dropout": (config.dropout, config.dropout != -1),
            "batch_norm": (config.batch_norm == "on", config.batch_norm != "auto"),
-           "width_multiplier": (config.width_multiplier, config.width_multiplier != 1.0)}
+           "width_multiplier": (config.width_multiplier, config.width_multiplier != 1.0),
+           "depth_multiplier": (config.depth_multiplier, config.depth_multiplier != 1)}
   for key, (value, is_set) in knobs.items():
     if not is_set:
       continue

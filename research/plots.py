@@ -9,19 +9,25 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def pyplot():
+  """matplotlib.pyplot without a display: plots are written on servers and in CI."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
 def plot_learning_curves(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path:
   """curves.png: loss and accuracy against epochs, one line per split."""
-  import matplotlib
-  matplotlib.use("Agg")  # no display needed: this runs on servers and in CI
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   records = read_metrics(workdir)
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
   # Train points are running averages over each log window, in training mode (dropout,
   # augmentation, label smoothing), so they are not directly comparable to test points.
-  labels = {"train": "train (running, training mode)", "validation": "validation",
+  labels = {"train": "train (running, training mode)",
+            "train_eval": "train (inference mode)", "validation": "validation",
             "test": "test"}
-  for split in ("train", "validation", "test"):
+  for split in labels:
     points = [r for r in records if r["split"] == split]
     if not points:
       continue

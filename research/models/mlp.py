@@ -12,19 +12,22 @@ from research.models import layers
 
 class MLP(nnx.Module):
   """Flatten -> [Dense -> (BatchNorm) -> activation -> dropout] * len(widths) ->
-  Dense(num_classes). `width_multiplier` scales the hidden widths for capacity sweeps."""
+  Dense(num_classes). For capacity sweeps, `width_multiplier` scales the hidden widths
+  and `depth_multiplier` repeats each hidden layer (widths (512,) x 3 -> 512-512-512)."""
 
   def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
                widths: Sequence[int] = (64,), activation: str = "relu",
                dropout: float = 0.0, input_dropout: float = 0.0,
-               width_multiplier: float = 1.0, batch_norm: bool = False,
+               width_multiplier: float = 1.0, depth_multiplier: int = 1,
+               batch_norm: bool = False,
                bn_momentum: float = 0.9):
     self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
     self.act = layers.activation(activation)
     self.dropout_rate = dropout
     self.input_dropout_rate = input_dropout
-    widths = [max(1, round(w * width_multiplier)) for w in widths]
+    widths = [max(1, round(w * width_multiplier)) for w in widths
+              for _ in range(depth_multiplier)]
     sizes = [int(np.prod(input_shape)), *widths]
     # BatchNorm's shift replaces the Dense bias, as in VGG.
     self.hidden = nnx.List(

@@ -1,8 +1,8 @@
 """The stronger CIFAR CNN of the main job: VGG-style blocks with BatchNorm and dropout.
 
 Each block is [Conv 3x3 (same) -> BatchNorm -> ReLU] * convs_per_block -> MaxPool 2 ->
-Dropout; then global average pooling and one Dense head. Widths are scaled by
-`width_multiplier` for capacity sweeps.
+Dropout; then global average pooling and one Dense head. For capacity sweeps,
+`width_multiplier` scales the widths and `depth_multiplier` the convs per block.
 """
 
 from collections.abc import Sequence
@@ -22,6 +22,7 @@ class VGG(nnx.Module):
                widths: Sequence[int] = (32, 64, 128), convs_per_block: int = 2,
                batch_norm: bool = True, dropout: float | Sequence[float] = 0.0,
                head_dropout: float = 0.0, width_multiplier: float = 1.0,
+               depth_multiplier: int = 1,
                activation: str = "relu", bn_momentum: float = 0.9):
     self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
@@ -33,6 +34,7 @@ class VGG(nnx.Module):
       raise errors.ConfigError(f"dropout {dropout} must have one rate per block {widths}")
     self.block_dropout = tuple(dropout)
     self.head_dropout = head_dropout
+    convs_per_block *= depth_multiplier
     self.convs_per_block = convs_per_block
     convs, norms = [], []
     in_ch = input_shape[-1]

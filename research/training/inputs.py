@@ -16,8 +16,8 @@ def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
       config.dataset, config.data_dir or None, source=config.data_source,
       validation_size=config.validation_size, split_seed=config.split_seed)
   dataset = dataclasses.replace(
-      dataset, train=_subset(dataset.train, config.train_subset, config.split_seed),
-      test=_subset(dataset.test, config.test_subset, config.split_seed))
+      dataset, train=subset(dataset.train, config.train_subset, config.split_seed),
+      test=subset(dataset.test, config.test_subset, config.split_seed))
   # Corruptions come after subsetting (they act on what is trained on) and draw from
   # `seed`, not `split_seed`: a new seed is a new draw of the corrupted data.
   dataset = corruption.corrupt_inputs(dataset, config.input_corruption, config.seed)
@@ -27,7 +27,7 @@ def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
                                                                 labels=labels))
 
 
-def _subset(split: "data_lib.Split", size: int, seed: int) -> "data_lib.Split":
+def subset(split: "data_lib.Split", size: int, seed: int) -> "data_lib.Split":
   """A seeded random subset: the archives are sorted by class, so a head would not do."""
   if not size or size >= len(split.labels):
     return split

@@ -24,7 +24,7 @@ from research import sharding
 from research.models import create_model
 from research.training import optim
 from research.training import resume
-from research.training.inputs import load_data, put_split
+from research.training.inputs import load_data, put_split, subset
 from research.training.jitted import epoch_permutation, make_eval_fn, make_train_fn, step_config
 from research.training.resume import TrainProgress
 from research.training.state import TrainState, count_params, create_train_state
@@ -77,6 +77,7 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
   if not config.final_train_eval:  # fall back on the running average of the last log
     summary.update(train_accuracy=last_train["accuracy"], train_loss=last_train["loss"],
                    train_metrics="running average over the last log window, training mode")
+  summary["generalization_gap"] = summary["train_accuracy"] - summary["test_accuracy"]
   summary.update(steps=steps, epochs=steps / run.steps_per_epoch,
                  wall_time_s=time.perf_counter() - start, train_time_s=train_seconds,
                  examples_per_s=steps * config.batch_size / max(train_seconds, 1e-9),
@@ -178,6 +179,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   eval_splits = {"test": put_split(dataset.test, mesh)}
   if dataset.validation is not None:
     eval_splits["validation"] = put_split(dataset.validation, mesh)
+  if config.eval_train:
+    eval_splits["train_eval"] = put_split(
+        subset(dataset.train, config.eval_train_size, config.split_seed), mesh)
   run = Run(config=config, writer=writer, dataset=dataset, mesh=mesh, state=state,
             schedule=schedule, steps_per_epoch=steps_per_epoch,
             train_on_batch=make_train_fn(cfg, mesh, config.batch_size, config.seed),
@@ -317,6 +321,10 @@ def _evaluate_epoch(run: Run, epoch: int) -> bool:
     run.final_evals[name] = (records[name], preds)
     run.progress.log(f"epoch {epoch} {name} loss {records[name]['loss']:.4f} "
                      f"acc {records[name]['accuracy']:.2%}")
+  if "train_eval" in records:
+    gap = records["train_eval"]["accuracy"] - records["test"]["accuracy"]
+    run.progress.log(f"epoch {epoch} generalisation gap (train_eval - test accuracy) "
+                     f"{100 * gap:.2f} points")
   if not config.best_metric:
     return False
   split, key = config.best_metric.rsplit("_", 1)
@@ -357,9 +365,14 @@ def summarize(run: Run, log: bool = False) -> dict:
     val, _ = evaluate_split(run, "validation", log)
     summary.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
   if config.final_train_eval:
-    losses, preds = run.evaluate(run.state, *run.train_split)
-    summary.update(train_accuracy=float(np.mean(preds == dataset.train.labels)),
-                   train_loss=float(losses.mean()), train_metrics="inference mode")
+    if "train_eval" in run.eval_splits and not config.eval_train_size:
+      train, _ = evaluate_split(run, "train_eval", log)   # the whole split: reuse it
+    else:
+      losses, preds = run.evaluate(run.state, *run.train_split)
+      train = {"accuracy": float(np.mean(preds == dataset.train.labels)),
+               "loss": float(losses.mean())}
+    summary.update(train_accuracy=train["accuracy"], train_loss=train["loss"],
+                   train_metrics="inference mode")
   summary.update(
       dataset=dataset.name, data_source=dataset.source, class_names=list(dataset.class_names),
       model=config.model, num_params=count_params(run.state),

@@ -1,0 +1,262 @@
+"""Sweeps: a list of config overrides (points) times seeds, each run as its own process.
+
+An experiment module declares one with `get_sweep(variant) -> Sweep` beside `get_config`,
+or the user gives a grid on the command line (`--grid`). Every run is a plain command
+line of the same experiment, in its own workdir DIR/POINT/seed_N, so that
+
+- re-running the sweep skips finished runs (summary.json) and resumes interrupted ones
+  from their checkpoints: nothing is computed twice;
+- `--print-commands` hands the runs to any scheduler (GNU parallel, a SLURM array);
+- `--aggregate-only` gathers whatever has finished into results.csv, results.md and
+  plots (research/sweep_results.py).
+"""
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import itertools
+import json
+import pathlib
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+
+from research import configs
+from research import errors
+from research import outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One setting of the sweep: config overrides by dotted key, e.g.
+  {"augment": "crop,flip", "model_kwargs.widths": (512,)}. `published` holds the
+  published figures to print beside ours, as fractions: {"test_accuracy": 0.5039}."""
+  overrides: Mapping
+  name: str = ""
+  published: Mapping = dataclasses.field(default_factory=dict)
+
+  @property
+  def label(self) -> str:
+    return self.name or default_name(self.overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """points x seeds. `x`, a numeric override key, makes the plots curves against it
+  (e.g. label_corruption, model_kwargs.widths); otherwise there is one bar per point.
+  `plot_error` plots error (100 - accuracy) instead of accuracy."""
+  points: Sequence[Point]
+  seeds: int = 1
+  x: str = ""
+  plot_error: bool = False
+  title: str = ""
+  published_source: str = ""
+
+  def __post_init__(self):
+    labels = [p.label for p in self.points]
+    repeated = sorted({n for n in labels if labels.count(n) > 1})
+    if repeated:
+      raise errors.ConfigError(f"sweep points share the names {repeated}; give each a "
+                               "distinct name.")
+
+
+def grid(**axes: Sequence) -> list[Point]:
+  """The cartesian product: grid(augment=['none', 'crop'], weight_decay=[0, 5e-4]).
+  Dotted keys go through a dict: grid(**{'model_kwargs.widths': [(64,), (512,)]})."""
+  keys = list(axes)
+  return [Point(dict(zip(keys, values))) for values in itertools.product(*axes.values())]
+
+
+def default_name(overrides: Mapping) -> str:
+  """{'augment': 'crop,flip', 'weight_decay': 0.0005} -> 'augment=crop+flip,weight_decay=0.0005'."""
+  if not overrides:
+    return "base"
+  parts = []
+  for key, value in overrides.items():
+    if isinstance(value, (tuple, list)):
+      value = "x".join(str(v) for v in value)
+    parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+  return re.sub(r"[^A-Za-z0-9_.=+-]", "+", ",".join(parts).replace(",", "__"))
+
+
+def format_value(value) -> str:
+  """How `--config.KEY=VALUE` spells a value so that config_flags parses it back."""
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value))
+  return str(value) if isinstance(value, str) else repr(value)
+
+
+def parse_grid(text: str) -> list[Point]:
+  """--grid='{"weight_decay": [0, 5e-4], "augment": ["none", "crop"]}' -> points."""
+  try:
+    axes = json.loads(text)
+  except ValueError as e:
+    raise errors.ConfigError(f"--grid is not JSON ({e}); write it as "
+                             '\'{"weight_decay": [0, 0.0005]}\'.') from None
+  if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+    raise errors.ConfigError("--grid must map config keys to non-empty lists of values, "
+                             'e.g. \'{"weight_decay": [0, 0.0005]}\'.')
+  return grid(**{k: [tuple(v) if isinstance(v, list) else v for v in values]
+                 for k, values in axes.items()})
+
+
+@dataclasses.dataclass
+class Job:
+  """One run of the sweep: a point at one seed."""
+  point: Point
+  seed: int
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict
+  argv: list[str]
+
+  @property
+  def name(self) -> str:
+    return f"{self.point.label}/seed_{self.seed}"
+
+  @property
+  def log_path(self) -> pathlib.Path:
+    return self.workdir / "output.log"
+
+  def summary(self) -> dict | None:
+    return outputs.RunDir(self.workdir).read_summary()
+
+
+def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | pathlib.Path,
+         num_seeds: int, command: Sequence[str], config_arg: str,
+         user_overrides: Mapping) -> list[Job]:
+  """Every (point, seed) with its config and command line. Raises ConfigError, naming
+  the point and key, for an override that the config does not have or rejects."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  jobs = []
+  for point in sweep.points:
+    for i in range(num_seeds):
+      config = ml_collections.ConfigDict(base.to_dict())  # unlocked copy, same types
+      seed = base.seed + i
+      try:
+        config.update_from_flattened_dict({**point.overrides, "seed": seed})
+        configs.validate(config)
+      except (KeyError, AttributeError, TypeError, ValueError, errors.ConfigError) as e:
+        raise errors.ConfigError(f"sweep point {point.label!r}: {e}") from None
+      workdir = sweep_dir / point.label / f"seed_{seed}"
+      overrides = {**user_overrides, **point.overrides, "seed": seed}
+      argv = [*command, "--nosweep", f"--workdir={workdir}", f"--config={config_arg}",
+              *(f"--config.{k}={format_value(v)}" for k, v in overrides.items())]
+      jobs.append(Job(point, seed, workdir, config, argv))
+  return jobs
+
+
+def check_existing(jobs: Sequence[Job]) -> None:
+  """Refuses, before anything runs, a workdir that holds a run of another config: a
+  changed sweep must not mix old results into new rows, nor overwrite them."""
+  clashes = []
+  for job in jobs:
+    saved = outputs.RunDir(job.workdir).read_config()
+    if saved is None:
+      continue
+    changed = {k: v for k, v in configs.changed_keys(saved, job.config).items()
+               if k not in configs.RESUMABLE_CHANGES}
+    if changed:
+      clashes.append(f"{job.workdir}: " + "; ".join(
+          f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+  if clashes:
+    raise errors.WorkdirError(
+        "the sweep directory holds runs of a different config:\n  " + "\n  ".join(clashes)
+        + "\nUse a new --workdir for the changed sweep; nothing was changed.")
+
+
+def status(job: Job) -> str:
+  """'done' (summary.json), 'partial' (checkpoints to resume from) or 'new'."""
+  if job.summary() is not None:
+    return "done"
+  return "partial" if (job.workdir / "checkpoints").is_dir() else "new"
+
+
+def print_commands(jobs: Sequence[Job], file=sys.stdout) -> None:
+  """One shell line per run not yet done, for a scheduler."""
+  for job in jobs:
+    if status(job) != "done":
+      print(shlex.join(job.argv), file=file)
+
+
+@dataclasses.dataclass
+class Outcome:
+  done: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+  failed: list[str] = dataclasses.field(default_factory=list)
+  interrupted: bool = False
+
+
+def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
+  """Runs the jobs that are not done, `parallel` at a time, each in its own session so
+  that a Ctrl-C reaches only this process, which passes one SIGTERM on: every running
+  job saves a checkpoint and stops, and the next call resumes it."""
+  outcome = Outcome()
+  todo = []
+  for job in jobs:
+    if status(job) == "done":
+      outcome.skipped.append(job.name)
+    else:
+      todo.append(job)
+  if outcome.skipped:
+    log(f"skipping {len(outcome.skipped)} finished run(s)")
+  running: dict[subprocess.Popen, tuple[Job, float]] = {}
+  stop = []
+
+  def on_signal(signum, frame):
+    if not stop:
+      log(f"{signal.Signals(signum).name}: stopping the running jobs at their next step "
+          "(they save a checkpoint); run the same command again to resume")
+      for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    stop.append(signum)
+
+  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+  total, finished = len(jobs), len(outcome.skipped)
+  try:
+    while todo or running:
+      while todo and len(running) < parallel and not stop:
+        job = todo.pop(0)
+        running[_launch(job, log)] = (job, time.perf_counter())
+      for proc in [p for p in running if p.poll() is not None]:
+        job, started = running.pop(proc)
+        finished += proc.returncode == 0
+        _report(job, proc.returncode, time.perf_counter() - started, f"{finished}/{total}",
+                outcome, log)
+      if stop and not running:
+        break
+      time.sleep(0.2)
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  outcome.interrupted = bool(stop) or any(
+      "interrupted" in f for f in outcome.failed)
+  return outcome
+
+
+def _launch(job: Job, log) -> subprocess.Popen:
+  job.workdir.mkdir(parents=True, exist_ok=True)
+  state = status(job)
+  log(f"{'resuming' if state == 'partial' else 'starting'} {job.name} (log: {job.log_path})")
+  with open(job.log_path, "a") as out:
+    out.write(f"$ {shlex.join(job.argv)}\n")
+    out.flush()
+    return subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _report(job: Job, code: int, seconds: float, count: str, outcome: Outcome, log) -> None:
+  if code == 0:
+    summary = job.summary() or {}
+    outcome.done.append(job.name)
+    log(f"[{count}] done {job.name}: train {summary.get('train_accuracy', float('nan')):.2%}"
+        f" test {summary.get('test_accuracy', float('nan')):.2%} ({seconds:.0f} s)")
+    return
+  reason = {errors.Interrupted.EXIT_CODE: "interrupted (resumable)",
+            2: "failed: bad input or config"}.get(code, f"crashed with exit code {code}")
+  outcome.failed.append(f"{job.name}: {reason}")
+  tail = job.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+  log(f"{job.name} {reason}; last lines of {job.log_path}:\n    " + "\n    ".join(tail))

@@ -1,0 +1,210 @@
+"""A sweep's results, gathered from whatever runs have finished:
+
+- results.csv: one row per finished run, its overrides and final metrics;
+- results.md: mean ± sample std over seeds per point, beside the published figures;
+- learning_curves.png, test_accuracy.png (or test_error.png) and gap.png.
+"""
+
+import csv
+import json
+import math
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from research import plots
+from research import sweep as sweep_lib
+
+METRICS = ("train_accuracy", "test_accuracy", "generalization_gap", "train_loss",
+           "test_loss", "steps", "epochs", "wall_time_s", "stopped_early")
+# (column title, summary key, scale, decimals) of results.md.
+TABLE = (("train acc (%)", "train_accuracy", 100, 2), ("test acc (%)", "test_accuracy", 100, 2),
+         ("gap (points)", "generalization_gap", 100, 2), ("steps", "steps", 1, 0),
+         ("wall (s)", "wall_time_s", 1, 0))
+
+
+def rows(jobs: Sequence["sweep_lib.Job"]) -> list[dict]:
+  """One dict per finished run (summary.json present)."""
+  out = []
+  for job in jobs:
+    summary = job.summary()
+    if summary is None:
+      continue
+    row = {"point": job.point.label, "seed": job.seed, "workdir": str(job.workdir)}
+    row.update({k: sweep_lib.format_value(v) for k, v in job.point.overrides.items()})
+    row.update({k: summary.get(k) for k in METRICS})
+    out.append(row)
+  return out
+
+
+def write_csv(table: list[dict], path: pathlib.Path) -> None:
+  columns = list(dict.fromkeys(k for row in table for k in row))
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(table)
+
+
+def per_point(sweep: "sweep_lib.Sweep", table: list[dict]) -> list[dict]:
+  """For each point: how many seeds finished, and mean and sample std of each metric."""
+  out = []
+  for point in sweep.points:
+    mine = [r for r in table if r["point"] == point.label]
+    stats = {"point": point, "n": len(mine)}
+    for _, key, _, _ in TABLE:
+      values = np.array([r[key] for r in mine if r.get(key) is not None], float)
+      stats[key] = (values.mean() if len(values) else math.nan,
+                    values.std(ddof=1) if len(values) > 1 else math.nan)
+    out.append(stats)
+  return out
+
+
+def _cell(mean: float, std: float, scale: float, decimals: int) -> str:
+  if math.isnan(mean):
+    return "–"
+  text = f"{mean * scale:.{decimals}f}"
+  return text if math.isnan(std) else f"{text} ± {std * scale:.{decimals}f}"
+
+
+def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
+                   path: pathlib.Path, title: str = "") -> None:
+  published = [k for k in ("train_accuracy", "test_accuracy")
+               if any(k in s["point"].published for s in stats)]
+  header = ["point", "seeds", *(t for t, _, _, _ in TABLE),
+            *(f"published {k.split('_')[0]} (%)" for k in published)]
+  lines = [f"# {title or sweep.title or 'Sweep results'}", "",
+           f"Mean ± sample standard deviation over the finished seeds (of {num_seeds} "
+           "asked). Train accuracy is measured in inference mode on the training split "
+           "as trained on (corrupted labels included); gap = train - test accuracy.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for s in stats:
+    cells = [s["point"].label, str(s["n"])]
+    cells += [_cell(*s[key], scale, dec) for _, key, scale, dec in TABLE]
+    cells += [f"{100 * s['point'].published[k]:.2f}" if k in s["point"].published else "–"
+              for k in published]
+    lines.append("| " + " | ".join(cells) + " |")
+  if published and sweep.published_source:
+    lines += ["", f"Published figures: {sweep.published_source}."]
+  path.write_text("\n".join(lines) + "\n")
+
+
+def x_value(point: "sweep_lib.Point", key: str) -> float:
+  value = point.overrides[key]
+  return float(value[0] if isinstance(value, (tuple, list)) else value)
+
+
+def _mean_curve(jobs: Sequence["sweep_lib.Job"], split: str) -> tuple[list, list]:
+  """Accuracy against epoch, averaged over the seeds that logged each epoch."""
+  by_epoch: dict[float, list[float]] = {}
+  for job in jobs:
+    if not (job.workdir / "metrics.jsonl").exists():
+      continue
+    records = plots.read_metrics(job.workdir)
+    chosen = split if any(r["split"] == split for r in records) else "train"
+    for r in records:
+      if r["split"] == chosen:
+        by_epoch.setdefault(round(r["epoch"], 6), []).append(100 * r["accuracy"])
+  epochs = sorted(by_epoch)
+  return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
+
+
+def plot_learning_curves(sweep, jobs, path: pathlib.Path) -> None:
+  """Train (left) and test (right) accuracy against epoch, one line per point."""
+  plt = plots.pyplot()
+  fig, (ax_train, ax_test) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(sweep.points), 1)))
+  for point, color in zip(sweep.points, colors):
+    mine = [j for j in jobs if j.point.label == point.label]
+    for ax, split in ((ax_train, "train_eval"), (ax_test, "test")):
+      epochs, acc = _mean_curve(mine, split)
+      if epochs:
+        ax.plot(epochs, acc, "-", color=color, label=point.label, linewidth=1.5)
+  ax_train.set(xlabel="epoch", ylabel="accuracy (%)",
+               title="train (inference mode; running average if not logged)")
+  ax_test.set(xlabel="epoch", title="test")
+  for ax in (ax_train, ax_test):
+    ax.grid(alpha=0.3)
+  ax_test.legend(fontsize=7, loc="best")
+  fig.suptitle(f"{sweep.title}: mean over seeds" if sweep.title else "mean over seeds")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_summary(sweep, stats: list[dict], key: str, path: pathlib.Path,
+                 ylabel: str, error: bool = False) -> None:
+  """One metric per point with sample-std error bars: a curve against `sweep.x` if it
+  is set, else bars. Published figures, where given, are drawn as crosses."""
+  plt = plots.pyplot()
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(stats) + 2), 4.5))
+  to_y = (lambda v: 100 - 100 * v) if error else (lambda v: 100 * v)
+  means = np.array([to_y(s[key][0]) for s in stats])
+  stds = np.array([100 * s[key][1] for s in stats])
+  stds = np.where(np.isnan(stds), 0, stds)
+  published = [(i, to_y(s["point"].published[key])) for i, s in enumerate(stats)
+               if key in s["point"].published]
+  if sweep.x:
+    xs = np.array([x_value(s["point"], sweep.x) for s in stats])
+    order = np.argsort(xs)
+    ax.errorbar(xs[order], means[order], yerr=stds[order], fmt="o-", capsize=3,
+                label="this codebase")
+    ax.set_xlabel(sweep.x)
+    positions = xs
+  else:
+    positions = np.arange(len(stats))
+    ax.bar(positions, means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8,
+           label="this codebase")
+    ax.set_xticks(positions, [s["point"].label for s in stats], rotation=30, ha="right",
+                  fontsize=8)
+  if published:
+    ax.plot([positions[i] for i, _ in published], [v for _, v in published], "x",
+            color="tab:red", markersize=9, mew=2, label="published")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(sweep.title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
+              sweep_dir: str | pathlib.Path, num_seeds: int) -> list[pathlib.Path]:
+  """Writes the results files of whatever has finished; returns their paths."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  table = rows(jobs)
+  stats = per_point(sweep, table)
+  written = [sweep_dir / "results.csv", sweep_dir / "results.md"]
+  write_csv(table, written[0])
+  write_markdown(sweep, stats, num_seeds, written[1])
+  if not table:
+    return written
+  test_name = "test_error" if sweep.plot_error else "test_accuracy"
+  figures = {"learning_curves.png": None,
+             f"{test_name}.png": ("test_accuracy",
+                                  "test error (%)" if sweep.plot_error else "test accuracy (%)",
+                                  sweep.plot_error),
+             "gap.png": ("generalization_gap", "train - test accuracy (points)", False)}
+  for name, spec in figures.items():
+    path = sweep_dir / name
+    if spec is None:
+      plot_learning_curves(sweep, jobs, path)
+    else:
+      plot_summary(sweep, stats, spec[0], path, spec[1], spec[2])
+    written.append(path)
+  return written
+
+
+def write_plan(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
+               sweep_dir: str | pathlib.Path) -> None:
+  """sweep.json: the points, seeds and commands, saved beside the results."""
+  plan = {"title": sweep.title, "x": sweep.x, "published_source": sweep.published_source,
+          "points": [{"name": p.label, "overrides": {k: sweep_lib.format_value(v)
+                                                    for k, v in p.overrides.items()},
+                      "published": dict(p.published)} for p in sweep.points],
+          "runs": [{"point": j.point.label, "seed": j.seed, "workdir": str(j.workdir),
+                    "command": j.argv} for j in jobs]}
+  path = pathlib.Path(sweep_dir) / "sweep.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(plan, indent=2) + "\n")
