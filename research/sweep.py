@@ -79,8 +79,8 @@ def default_name(overrides: Mapping) -> str:
   for key, value in overrides.items():
     if isinstance(value, (tuple, list)):
       value = "x".join(str(v) for v in value)
-    parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
-  return re.sub(r"[^A-Za-z0-9_.=+-]", "+", ",".join(parts).replace(",", "__"))
+    parts.append(re.sub(r"[^A-Za-z0-9_.=+-]", "+", f"{key.rsplit('.', 1)[-1]}={value}"))
+  return "__".join(parts)
 
 
 def format_value(value) -> str:
@@ -134,7 +134,8 @@ def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | pathlib
   jobs = []
   for point in sweep.points:
     for i in range(num_seeds):
-      config = ml_collections.ConfigDict(base.to_dict())  # unlocked copy, same types
+      config = ml_collections.ConfigDict(base.to_dict())  # a copy with the same types,
+      config.lock()                                       # and no new keys
       seed = base.seed + i
       try:
         config.update_from_flattened_dict({**point.overrides, "seed": seed})
@@ -176,10 +177,12 @@ def status(job: Job) -> str:
 
 
 def print_commands(jobs: Sequence[Job], file=sys.stdout) -> None:
-  """One shell line per run not yet done, for a scheduler."""
+  """One shell line per run not yet done, for a scheduler: `python` stands for this
+  interpreter, so that the lines work wherever the project's environment is active."""
   for job in jobs:
     if status(job) != "done":
-      print(shlex.join(job.argv), file=file)
+      argv = ["python", *job.argv[1:]] if job.argv[0] == sys.executable else job.argv
+      print(shlex.join(argv), file=file)
 
 
 @dataclasses.dataclass

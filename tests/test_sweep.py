@@ -1,0 +1,163 @@
+"""The sweep runner: planning, a sweep killed halfway that finishes when re-run without
+recomputing anything, the plain command lines, and the aggregated results."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from experiments import mnist_mlp
+from research import errors
+from research import sweep as sweep_lib
+
+
+def test_grid_is_the_cartesian_product_with_readable_names():
+  points = sweep_lib.grid(augment=["none", "crop,flip"], weight_decay=[0.0, 5e-4])
+  assert [dict(p.overrides) for p in points] == [
+      {"augment": "none", "weight_decay": 0.0}, {"augment": "none", "weight_decay": 5e-4},
+      {"augment": "crop,flip", "weight_decay": 0.0},
+      {"augment": "crop,flip", "weight_decay": 5e-4}]
+  assert points[3].label == "augment=crop+flip__weight_decay=0.0005"
+  assert sweep_lib.Point({"model_kwargs.widths": (512, 512)}).label == "widths=512x512"
+  assert sweep_lib.Point({}, name="true labels").label == "true labels"
+
+
+def test_points_must_have_distinct_names():
+  with pytest.raises(errors.ConfigError, match="share the names"):
+    sweep_lib.Sweep([sweep_lib.Point({"l2": 0.1}, name="a"), sweep_lib.Point({}, name="a")])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{weight_decay: [0]}", "not JSON"), ('{"weight_decay": 0.1}', "non-empty lists"),
+    ('{"weight_decay": []}', "non-empty lists"), ("[1, 2]", "non-empty lists")])
+def test_bad_grid_is_a_clear_error(text, message):
+  with pytest.raises(errors.ConfigError, match=message):
+    sweep_lib.parse_grid(text)
+
+
+def _plan(points, tmp_path, seeds=1):
+  return sweep_lib.plan(sweep_lib.Sweep(points), mnist_mlp.get_config("smoke"), tmp_path,
+                        seeds, ["python", "-m", "experiments.mnist_mlp"],
+                        "experiments/mnist_mlp.py:smoke", {})
+
+
+def test_plan_names_the_point_of_a_bad_override(tmp_path):
+  with pytest.raises(errors.ConfigError, match="'bad'.*no_such_key"):
+    _plan([sweep_lib.Point({"no_such_key": 1}, name="bad")], tmp_path)
+  with pytest.raises(errors.ConfigError, match="'neg'.*l2"):
+    _plan([sweep_lib.Point({"l2": -1.0}, name="neg")], tmp_path)
+
+
+def test_plan_gives_each_seed_its_own_workdir_and_command(tmp_path):
+  jobs = _plan(sweep_lib.grid(**{"model_kwargs.widths": [(16,), (8, 8)]}), tmp_path,
+               seeds=2)
+  assert [j.workdir.relative_to(tmp_path).as_posix() for j in jobs] == [
+      "widths=16/seed_0", "widths=16/seed_1", "widths=8x8/seed_0", "widths=8x8/seed_1"]
+  assert jobs[3].config.seed == 1 and jobs[3].config.model_kwargs.widths == (8, 8)
+  assert "--config.model_kwargs.widths=(8, 8)" in jobs[3].argv
+  assert "--config.seed=1" in jobs[3].argv and "--nosweep" in jobs[3].argv
+
+
+def test_a_changed_sweep_does_not_reuse_old_runs(tmp_path):
+  job, = _plan([sweep_lib.Point({"l2": 0.1})], tmp_path)
+  job.workdir.mkdir(parents=True)
+  (job.workdir / "config.json").write_text(job.config.to_json_best_effort())
+  sweep_lib.check_existing([job])  # same config: fine
+  changed, = _plan([sweep_lib.Point({"l2": 0.1, "learning_rate": 0.5}, name="l2=0.1")],
+                   tmp_path)
+  with pytest.raises(errors.WorkdirError, match="learning_rate: 0.001 -> 0.5"):
+    sweep_lib.check_existing([changed])
+
+
+# Two points x two seeds of a tiny MLP on 512 MNIST images. Each save sleeps 0.4 s (a
+# test hook), so a run takes a few seconds and can be stopped in its middle.
+SWEEP = ["--config=experiments/mnist_mlp.py:smoke", "--seeds=2",
+         '--grid={"model_kwargs.widths": [[16], [32]]}', "--config.num_epochs=8",
+         "--config.eval_train=True", "--config.checkpoint_every_epochs=1"]
+
+
+def _sweep_command(workdir, *extra):
+  return [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={workdir}", *SWEEP,
+          *extra]
+
+
+def _env(data_dir, tmp_path):
+  return dict(os.environ, RESEARCH_DATA_DIR=str(data_dir),
+              RESEARCH_CACHE_DIR=str(tmp_path / "cache"),
+              RESEARCH_CHECKPOINT_SAVE_DELAY_S="0.4")
+
+
+def _wait_for(condition, proc, timeout=240):
+  deadline = time.time() + timeout
+  while not condition():
+    assert proc.poll() is None, proc.communicate()[0]
+    assert time.time() < deadline, "timed out"
+    time.sleep(0.05)
+
+
+def test_killed_sweep_finishes_when_rerun_without_recomputing(data_dir, tmp_path):
+  sweep_dir = tmp_path / "sweep"
+  env = _env(data_dir, tmp_path)
+  runs = {name: sweep_dir / name for name in
+          ("widths=16/seed_0", "widths=16/seed_1", "widths=32/seed_0", "widths=32/seed_1")}
+
+  # 1. Stop the sweep with SIGTERM while its third run is between checkpoints.
+  proc = subprocess.Popen(_sweep_command(sweep_dir), cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  third = runs["widths=32/seed_0"] / "checkpoints"
+  _wait_for(lambda: third.is_dir() and any(p.name.isdigit() for p in third.iterdir()), proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == errors.Interrupted.EXIT_CODE, out
+  finished = {n: (p / "summary.json").stat().st_mtime_ns for n, p in runs.items()
+              if (p / "summary.json").exists()}
+  assert sorted(finished) == ["widths=16/seed_0", "widths=16/seed_1"], out
+  assert "interrupted" in (runs["widths=32/seed_0"] / "output.log").read_text()
+
+  # 2. The unfinished runs are plain command lines; run one by hand, as a scheduler would.
+  printed = subprocess.run(_sweep_command(sweep_dir, "--print-commands"), cwd=REPO, env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+  assert len(printed) == 2 and all("widths=32/seed_" in line for line in printed), printed
+  by_hand = subprocess.run(printed[0], shell=True, cwd=REPO, env=env, capture_output=True,
+                           text=True)
+  assert by_hand.returncode == 0, by_hand.stderr
+  assert "resuming from checkpoint step" in by_hand.stderr + by_hand.stdout
+
+  # 3. Re-running the sweep runs only what is left.
+  rerun = subprocess.run(_sweep_command(sweep_dir), cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  assert "skipping 3 finished run(s)" in rerun.stdout
+  assert rerun.stdout.count("starting ") == 1 and "widths=32/seed_1" in rerun.stdout
+  for name, mtime in finished.items():
+    assert (runs[name] / "summary.json").stat().st_mtime_ns == mtime, name
+  for path in runs.values():  # no step was logged twice
+    steps = [r["step"] for r in map(json.loads, (path / "metrics.jsonl").open())
+             if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 8 * 4
+
+  # 4. The results hold the runs' own numbers.
+  summaries = {n: json.loads((p / "summary.json").read_text()) for n, p in runs.items()}
+  with open(sweep_dir / "results.csv") as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 4
+  for row in table:
+    summary = summaries[f"{row['point']}/seed_{row['seed']}"]
+    for key in ("train_accuracy", "test_accuracy", "generalization_gap", "steps"):
+      assert float(row[key]) == pytest.approx(summary[key], rel=1e-12), key
+  markdown = (sweep_dir / "results.md").read_text()
+  for point in ("widths=16", "widths=32"):
+    test = [100 * summaries[f"{point}/seed_{s}"]["test_accuracy"] for s in (0, 1)]
+    cell = f"{np.mean(test):.2f} ± {np.std(test, ddof=1):.2f}"
+    assert f"| {point} | 2 |" in markdown and cell in markdown, (cell, markdown)
+  for png in ("learning_curves.png", "test_accuracy.png", "gap.png"):
+    data = (sweep_dir / png).read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 10_000, png
