@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.split_seed = 0                # the held-out split does not change with `seed`
   c.train_subset = 0              # train on this many examples (0 = all), seeded
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
-  c.normalize_mean = (0.0,)       # per channel, on pixels scaled to [0, 1]
+  c.normalize_mean = (0.0,)       # per channel, on pixels scaled to [0, 1] (float data: as is)
   c.normalize_std = (1.0,)
   c.augment = "none"              # comma-separated: crop, flip, cutout
   c.crop_padding = 4

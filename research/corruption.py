@@ -1,7 +1,8 @@
 """Data corruptions of Zhang et al. 2017 ("Understanding deep learning requires rethinking
 generalization"), applied once on the host when the data is loaded.
 
-Everything is numpy on uint8 arrays, so the on-device pipeline does not change, and every
+Everything is numpy on the images as loaded (uint8 pixels, or float32 values for
+MNIST-1D), keeping their dtype, so the on-device pipeline does not change, and every
 draw comes from `np.random.default_rng((seed, stream))`: a run's corrupted data is a
 function of its seed alone, and a resumed run sees the same data.
 """
@@ -50,10 +51,14 @@ def _random_perms(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
   return rng.permuted(np.broadcast_to(np.arange(size, dtype=np.int32), (n, size)), axis=1)
 
 
-def _gaussian_like(rng, shape, mean, std) -> np.ndarray:
+def _gaussian_like(rng, shape, mean, std, dtype) -> np.ndarray:
+  """Gaussian noise of the given per-channel mean and std: rounded and clipped to pixels
+  for uint8 images, left as it is for float32 ones."""
   # float32 draws: CIFAR's 150M values in float64 would take seconds and 1.2 GB.
   noise = rng.standard_normal(shape, dtype=np.float32)
-  noise = noise * np.float32(std) + np.float32(mean)
+  noise = noise * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+  if np.dtype(dtype) == np.float32:
+    return noise
   return np.clip(np.round(noise, out=noise), 0, 255).astype(np.uint8)
 
 
@@ -64,7 +69,8 @@ def corrupt_inputs(dataset: "types.Dataset", kind: str, seed: int) -> "types.Dat
   - shuffled_pixels: one fixed permutation of pixel positions for every image;
   - random_pixels: an independent permutation per image;
   - gaussian: images replaced by Gaussian noise with the per-channel mean and standard
-    deviation of the training images, rounded and clipped to uint8."""
+    deviation of the training images (rounded and clipped for uint8 images; as drawn
+    for float32 ones)."""
   if kind == "none":
     return dataset
   train = dataset.train.images
@@ -80,7 +86,7 @@ def corrupt_inputs(dataset: "types.Dataset", kind: str, seed: int) -> "types.Dat
     mean = train.mean(axis=(0, 1, 2))
     std = train.std(axis=(0, 1, 2))
     fn = lambda name, images: _gaussian_like(_rng(seed, _GAUSS, name), images.shape,
-                                             mean, std)
+                                             mean, std, images.dtype)
   else:
     raise ValueError(f"unknown input corruption {kind!r}; choose one of {INPUT_CORRUPTIONS}")
   new = {name: None if split is None else dataclasses.replace(

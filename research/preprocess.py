@@ -1,7 +1,8 @@
 """On-device preprocessing inside the jitted step: normalisation and augmentation.
 
 Images stay uint8 on the device until the step turns a gathered batch into float32, so
-the resident dataset is four times smaller, and no per-image Python runs per step.
+the resident dataset is four times smaller, and no per-image Python runs per step. Datasets
+of real values (MNIST-1D) are float32 already and are not rescaled.
 """
 
 from collections.abc import Sequence
@@ -25,17 +26,24 @@ def parse_augment(spec: str) -> tuple[str, ...]:
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """uint8 [0, 255] -> float32 ((x / 255) - mean) / std, per channel."""
-  x = images.astype(jnp.float32) / 255.0
+  """uint8 [0, 255] -> float32 ((x / 255) - mean) / std, per channel; float input is taken
+  as already scaled: (x - mean) / std."""
+  x = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:  # static under jit: the dtype is part of the trace
+    x = x / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
   """Pads each image with zeros (the mean, after normalisation) and crops it back at a
-  random offset: a translation by up to `padding` pixels."""
+  random offset: a translation by up to `padding` pixels. An axis of length 1 (the W of
+  MNIST-1D's (40, 1) sequences) is not translated, or most crops would be all padding."""
   n, h, w, c = images.shape
-  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
+  pad_h, pad_w = (padding if h > 1 else 0), (padding if w > 1 else 0)
+  padded = jnp.pad(images, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+  # Drawn as for 2-D images, then clipped, so 2-D crops do not change.
+  offsets = jnp.minimum(jax.random.randint(key, (n, 2), 0, 2 * padding + 1),
+                        jnp.array([2 * pad_h, 2 * pad_w]))
 
   def crop_one(image, offset):
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))

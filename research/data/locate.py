@@ -14,7 +14,7 @@ from research.data import formats
 
 ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist",
            "cifar-10": "cifar10", "cifar_10": "cifar10", "cifar-100": "cifar100",
-           "cifar_100": "cifar100"}
+           "cifar_100": "cifar100", "mnist-1d": "mnist1d", "mnist_1d": "mnist1d"}
 
 # Names (lower-case globs) under which each dataset is looked for inside a data_dir, best
 # first: the original distributions' names, then the shared copies' and common variants.

@@ -11,6 +11,8 @@ import numpy as np
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"
 CACHE_DIR_ENV = "RESEARCH_CACHE_DIR"
+# uint8: pixels in [0, 255], scaled by 1/255 on the device; float32: used as they are.
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 
 
 class DataError(Exception):
@@ -28,14 +30,16 @@ class CorruptDataError(DataError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One split held fully in memory."""
-  images: np.ndarray  # (N, H, W, C) uint8, C=1 for grayscale
+  # (N, H, W, C), C=1 for grayscale: uint8 pixels in [0, 255], or float32 real values that
+  # are already scaled and are used as they are (e.g. MNIST-1D's sequences, (N, 40, 1, 1)).
+  images: np.ndarray
   labels: np.ndarray  # (N,) int32
 
   def __post_init__(self):
     # Catch reader bugs at the boundary instead of as a shape error deep inside a jitted step.
-    if self.images.ndim != 4 or self.images.dtype != np.uint8:
-      raise ValueError(f"images must be (N, H, W, C) uint8, got {self.images.shape} "
-                       f"{self.images.dtype}")
+    if self.images.ndim != 4 or self.images.dtype not in IMAGE_DTYPES:
+      raise ValueError(f"images must be (N, H, W, C) uint8 or float32, got "
+                       f"{self.images.shape} {self.images.dtype}")
     if self.labels.shape != (len(self.images),) or self.labels.dtype != np.int32:
       raise ValueError(f"labels must be ({len(self.images)},) int32, got {self.labels.shape} "
                        f"{self.labels.dtype}")

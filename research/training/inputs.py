@@ -36,6 +36,6 @@ def subset(split: "data_lib.Split", size: int, seed: int) -> "data_lib.Split":
 
 
 def put_split(split: "data_lib.Split", mesh) -> tuple[jax.Array, jax.Array]:
-  """The whole split, replicated on every device (uint8 keeps it small)."""
+  """The whole split, replicated on every device (uint8 pixels keep it small)."""
   return jax.device_put((split.images, split.labels.astype(np.int32)),
                         sharding.replicated(mesh))

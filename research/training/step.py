@@ -59,7 +59,7 @@ def max_norm_project(params, max_norm: float):
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
-  """One optimiser update on `batch = {'image': uint8 NHWC, 'label': int32 N}`."""
+  """One optimiser update on `batch = {'image': NHWC uint8 (or float32), 'label': int32 N}`."""
   augment_key, dropout_key = jax.random.split(key)
   images = preprocess.normalize(batch["image"], cfg.mean, cfg.std)
   if cfg.augment:
