@@ -195,8 +195,9 @@ class Outcome:
 
 def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
   """Runs the jobs that are not done, `parallel` at a time, each in its own session so
-  that a Ctrl-C reaches only this process, which passes one SIGTERM on: every running
-  job saves a checkpoint and stops, and the next call resumes it."""
+  that a Ctrl-C reaches only this process, which passes it on as one SIGTERM: every
+  running job saves a checkpoint and stops, and the next call resumes it. A second
+  Ctrl-C passes on a second SIGTERM, which stops the jobs at once."""
   outcome = Outcome()
   todo = []
   for job in jobs:
@@ -207,14 +208,14 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
   if outcome.skipped:
     log(f"skipping {len(outcome.skipped)} finished run(s)")
   running: dict[subprocess.Popen, tuple[Job, float]] = {}
-  stop = []
+  stop, durations = [], []
 
   def on_signal(signum, frame):
     if not stop:
       log(f"{signal.Signals(signum).name}: stopping the running jobs at their next step "
           "(they save a checkpoint); run the same command again to resume")
-      for proc in running:
-        proc.send_signal(signal.SIGTERM)
+    for proc in running:
+      proc.send_signal(signal.SIGTERM)
     stop.append(signum)
 
   previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -226,8 +227,12 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
         running[_launch(job, log)] = (job, time.perf_counter())
       for proc in [p for p in running if p.poll() is not None]:
         job, started = running.pop(proc)
+        durations.append(time.perf_counter() - started)
         finished += proc.returncode == 0
-        _report(job, proc.returncode, time.perf_counter() - started, f"{finished}/{total}",
+        left = len(todo) + len(running)
+        eta = sum(durations) / len(durations) * left / parallel
+        _report(job, proc.returncode, durations[-1],
+                f"{finished}/{total}" + (f", about {eta / 60:.0f} min left" if left else ""),
                 outcome, log)
       if stop and not running:
         break
