@@ -47,11 +47,14 @@ class Point:
 @dataclasses.dataclass(frozen=True)
 class Sweep:
   """points x seeds. `x`, a numeric override key, makes the plots curves against it
-  (e.g. label_corruption, model_kwargs.widths); otherwise there is one bar per point.
+  (e.g. label_corruption, model_kwargs.widths: a sequence's first element), with
+  `x_label` and a log scale if `x_log`; otherwise there is one bar per point.
   `plot_error` plots error (100 - accuracy) instead of accuracy."""
   points: Sequence[Point]
   seeds: int = 1
   x: str = ""
+  x_label: str = ""
+  x_log: bool = False
   plot_error: bool = False
   title: str = ""
   published_source: str = ""

@@ -135,22 +135,33 @@ def plot_learning_curves(sweep, jobs, path: pathlib.Path) -> None:
 def plot_summary(sweep, stats: list[dict], key: str, path: pathlib.Path,
                  ylabel: str, error: bool = False) -> None:
   """One metric per point with sample-std error bars: a curve against `sweep.x` if it
-  is set, else bars. Published figures, where given, are drawn as crosses."""
+  is set (with the train metric beside the test one), else bars. Published figures,
+  where given, are drawn as crosses."""
   plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(stats) + 2), 4.5))
+  curves = bool(sweep.x)
+  fig, ax = plt.subplots(figsize=(7, 4.5) if curves else (max(6, 0.9 * len(stats) + 2), 4.5))
   to_y = (lambda v: 100 - 100 * v) if error else (lambda v: 100 * v)
-  means = np.array([to_y(s[key][0]) for s in stats])
-  stds = np.array([100 * s[key][1] for s in stats])
-  stds = np.where(np.isnan(stds), 0, stds)
+
+  def mean_std(metric):
+    means = np.array([to_y(s[metric][0]) for s in stats])
+    stds = np.array([100 * s[metric][1] for s in stats])
+    return means, np.where(np.isnan(stds), 0, stds)
+
+  means, stds = mean_std(key)
   published = [(i, to_y(s["point"].published[key])) for i, s in enumerate(stats)
                if key in s["point"].published]
-  if sweep.x:
-    xs = np.array([x_value(s["point"], sweep.x) for s in stats])
-    order = np.argsort(xs)
-    ax.errorbar(xs[order], means[order], yerr=stds[order], fmt="o-", capsize=3,
-                label="this codebase")
-    ax.set_xlabel(sweep.x)
-    positions = xs
+  if curves:
+    positions = np.array([x_value(s["point"], sweep.x) for s in stats])
+    order = np.argsort(positions)
+    ax.errorbar(positions[order], means[order], yerr=stds[order], fmt="o-", capsize=3,
+                label=key.split("_")[0])
+    if key == "test_accuracy":
+      train_means, train_stds = mean_std("train_accuracy")
+      ax.errorbar(positions[order], train_means[order], yerr=train_stds[order], fmt="s--",
+                  capsize=3, color="tab:gray", label="train")
+    ax.set_xlabel(sweep.x_label or sweep.x)
+    if sweep.x_log:
+      ax.set_xscale("log")
   else:
     positions = np.arange(len(stats))
     ax.bar(positions, means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8,
@@ -183,7 +194,7 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
   test_name = "test_error" if sweep.plot_error else "test_accuracy"
   figures = {"learning_curves.png": None,
              f"{test_name}.png": ("test_accuracy",
-                                  "test error (%)" if sweep.plot_error else "test accuracy (%)",
+                                  "error (%)" if sweep.plot_error else "accuracy (%)",
                                   sweep.plot_error),
              "gap.png": ("generalization_gap", "train - test accuracy (points)", False)}
   for name, spec in figures.items():
