@@ -194,7 +194,8 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
   test_name = "test_error" if sweep.plot_error else "test_accuracy"
   figures = {"learning_curves.png": None,
              f"{test_name}.png": ("test_accuracy",
-                                  "error (%)" if sweep.plot_error else "accuracy (%)",
+                                  ("" if sweep.x else "test ")  # curves show train too
+                                  + ("error (%)" if sweep.plot_error else "accuracy (%)"),
                                   sweep.plot_error),
              "gap.png": ("generalization_gap", "train - test accuracy (points)", False)}
   for name, spec in figures.items():

@@ -4,7 +4,6 @@ recomputing anything, the plain command lines, and the aggregated results."""
 import csv
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
