@@ -113,7 +113,8 @@ def plot_learning_curves(sweep, jobs, path: pathlib.Path) -> None:
   """Train (left) and test (right) accuracy against epoch, one line per point."""
   plt = plots.pyplot()
   fig, (ax_train, ax_test) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-  colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(sweep.points), 1)))
+  n = len(sweep.points)  # distinct hues while they last, then a sequential map
+  colors = plt.cm.tab10(np.arange(n)) if n <= 10 else plt.cm.viridis(np.linspace(0, 0.9, n))
   for point, color in zip(sweep.points, colors):
     mine = [j for j in jobs if j.point.label == point.label]
     for ax, split in ((ax_train, "train_eval"), (ax_test, "test")):
