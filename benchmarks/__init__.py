@@ -1,0 +1,12 @@
+"""Benchmarks, each run as `python -m benchmarks.NAME`:
+
+    train_step    the project's train step against PyTorch and Keras 3 (JAX backend) peers
+                  of the same architectures: images/s, ratio ours/theirs, GFLOP/s as a
+                  fraction of a measured matmul peak (S1, S2, S4, VGG; batch 32/128/512)
+    end_to_end    the S2 and S4 seed recipes run to completion by each framework: wall
+                  time (compilation included) and test accuracy side by side
+    scan_vs_loop  a Python loop over the jitted step against `lax.scan` over the steps
+
+Helpers: `common` (interleaved repeats, medians, matmul peak, machine, tables),
+`torch_peers` and `keras_peers` (the peers; `pip install -e '.[bench]'`).
+"""
