@@ -16,7 +16,8 @@ The data is loaded once (research.data, the shipped archives) and handed to ever
 framework as the same uint8 arrays; loading is timed separately and is in no wall time.
 Wall time runs from building the model to the test accuracy:
 - ours:  `research.training.loop.train_and_evaluate` with the experiment's config, as a
-         user runs it (outputs, the final checkpoint and the plot included), but with the
+         user runs it (outputs, the final checkpoint and the plot included; compiled from
+         scratch unless --warm_cache), but with the
          test set evaluated only at the end (`eval_every_epochs=0`) and no final
          re-evaluation of the train split, as the peers do;
 - torch: benchmarks/torch_peers.py `train_recipe`: eager PyTorch, default threads;
@@ -51,6 +52,9 @@ flags.DEFINE_integer("test_subset", 0, "Test on this many images (0 = all).")
 flags.DEFINE_integer("seed", 0, "Seed of every framework's initialisation and order.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = torch's default).")
 flags.DEFINE_string("json_out", "", "Also write the results as JSON to this path.")
+flags.DEFINE_bool("warm_cache", False, "Let ours load compiled programs from the persistent "
+                  "compilation cache (research/compilation_cache.py), as a repeated run "
+                  "does; by default it compiles from scratch, as a first run does.")
 
 RECIPES = {
     "s2": ("S2 MNIST CNN", mnist_cnn.get_config),
@@ -132,6 +136,8 @@ def table(rows: list[dict]) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO
+  if not FLAGS.warm_cache:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = ""  # compile included, as in a first run
   unknown = [r for r in FLAGS.recipes if r not in RECIPES]
   if unknown:
     raise app.UsageError(f"unknown recipe(s) {unknown}; choose from {sorted(RECIPES)}")

@@ -77,3 +77,12 @@ def test_reshape_max_pool_matches_reduce_window(shape):
   # Random normal inputs have a unique maximum in every window, so gradients agree too.
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 2))(x)
   np.testing.assert_allclose(grad(layers.max_pool), grad(reference), atol=1e-6)
+
+
+@pytest.mark.parametrize("name, shape", [("lenet5", (32, 32, 3)), ("vgg", (32, 32, 3))])
+def test_jitted_construction_gives_the_eager_parameters(name, shape):
+  """create_model builds under one jit (one compile instead of one per initialiser op);
+  the parameters are bitwise those of building the module eagerly."""
+  jitted = nnx.state(create_model(name, input_shape=shape, num_classes=10, seed=3))
+  eager = nnx.state(MODELS[name](input_shape=shape, num_classes=10, rngs=nnx.Rngs(params=3)))
+  chex.assert_trees_all_equal(jitted, eager)

@@ -1,11 +1,17 @@
 """The measurements the studies rely on (per-epoch train-split evaluation, capacity
 knobs, memorisation of random labels) and a smoke run of every study module."""
 
+import csv
+import importlib
 import json
+import os
+import subprocess
+import sys
 
 from flax import nnx
 import pytest
 
+from conftest import REPO
 from experiments import mnist_mlp
 from research.models import create_model
 from research.training import loop
@@ -73,3 +79,45 @@ def test_small_mlp_memorises_random_labels(data_dir, tmp_path, monkeypatch):
   summary = loop.train_and_evaluate(c, tmp_path)
   assert summary["train_accuracy"] >= 0.99
   assert summary["test_accuracy"] < 0.2  # chance is 0.1
+
+
+STUDIES = ("random_labels", "regularization", "dropout_mnist", "double_descent",
+           "early_stopping")
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_smoke_sweep_runs_and_aggregates(study, data_dir, tmp_path):
+  """Each study's `smoke` variant: its real sweep, end to end, as a user runs it."""
+  result = subprocess.run(
+      [sys.executable, "-m", f"experiments.{study}", f"--workdir={tmp_path}",
+       f"--config=experiments/{study}.py:smoke"], cwd=REPO, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, RESEARCH_DATA_DIR=str(data_dir)))
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  module = importlib.import_module(f"experiments.{study}")
+  sweep = module.get_sweep("smoke")
+  with open(tmp_path / "results.csv") as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == len(sweep.points) * sweep.seeds
+  for row in table:
+    assert 0 <= float(row["test_accuracy"]) <= 1 and int(row["steps"]) > 0
+  assert all((tmp_path / name).stat().st_size > 10_000 for name in ("learning_curves.png",
+                                                                     "gap.png"))
+
+
+def test_compilation_cache_is_used_and_changes_nothing(data_dir, tmp_path):
+  """Runs compile into a persistent cache; a second run loads from it, with bitwise the
+  same results."""
+  cache = tmp_path / "jax-cache"
+  env = dict(os.environ, RESEARCH_DATA_DIR=str(data_dir), JAX_COMPILATION_CACHE_DIR=str(cache))
+  summaries = []
+  for name in ("first", "second"):
+    subprocess.run([sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={tmp_path / name}",
+                    "--config=experiments/mnist_mlp.py:smoke"], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
+    if name == "first":
+      entries = sorted(p.name for p in cache.iterdir())
+      assert entries, "nothing was cached"
+  assert sorted(p.name for p in cache.iterdir()) == entries  # all hits: nothing new
+  for key in ("test_accuracy", "test_loss", "train_loss"):
+    assert summaries[0][key] == summaries[1][key]

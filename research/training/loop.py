@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from research import checkpoint as checkpoint_lib
+from research import compilation_cache
 from research import configs
 from research import data as data_lib
 from research import errors
@@ -134,6 +135,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   the data onto the devices, builds the state and the jitted functions, and restores
   the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
+  compilation_cache.enable()
   writer = outputs.RunDir(workdir)
   changes = resume.check_resumable(writer, config)
   if config.mode == "train" and writer.path.exists():
