@@ -70,13 +70,19 @@ def test_width_multiplier_scales_vgg():
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 9, 7, 4)])
-def test_reshape_max_pool_matches_reduce_window(shape):
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_reduce_window(shape, ties):
+  """Outputs and gradients equal nnx.max_pool's (select-and-scatter), also where a window
+  holds several equal maxima (after ReLU, or on constant image regions): the first one
+  in row-major order gets the gradient."""
   x = jax.random.normal(jax.random.key(0), shape)
+  if ties:
+    x = jnp.round(jax.nn.relu(x))   # many windows of equal values, zeros among them
   reference = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
   np.testing.assert_array_equal(layers.max_pool(x), reference(x))
-  # Random normal inputs have a unique maximum in every window, so gradients agree too.
-  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 2))(x)
-  np.testing.assert_allclose(grad(layers.max_pool), grad(reference), atol=1e-6)
+  weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
+  np.testing.assert_array_equal(grad(jax.jit(layers.max_pool)), grad(reference))
 
 
 @pytest.mark.parametrize("name, shape", [("lenet5", (32, 32, 3)), ("vgg", (32, 32, 3))])
