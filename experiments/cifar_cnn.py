@@ -76,7 +76,7 @@ def get_config(variant: str | None = None):
   if variant == "lenet":
     return _seed_recipe(c, "lenet5", normalize_mean=half, normalize_std=half,
                         optimizer="momentum", learning_rate=1e-3, momentum=0.9,
-                        batch_size=32, num_epochs=2)
+                        batch_size=32, num_epochs=2, micro_batch_size=16)
   if variant == "seed_s5":
     return _seed_recipe(c, "cnn32", normalize_mean=(0.0,), normalize_std=(1.0,),
                         optimizer="adam", learning_rate=1e-3, batch_size=32, num_epochs=10)

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import chex
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -251,3 +253,29 @@ def test_random_labels_shuffled_pixels_end_to_end(tiny_folder, tmp_path):
   _, summary = loop.run_training(c, tmp_path / "run")
   assert summary["steps"] == 2 * 3 and np.isfinite(summary["train_loss"])
   assert (tmp_path / "run" / "config.json").read_text().count("label_corruption") == 1
+
+
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+def test_micro_batches_give_the_full_batch_update(l2):
+  """Gradients accumulated over slices are the full-batch mean, up to float rounding."""
+  model = create_model("mnist_cnn", input_shape=(28, 28, 1), num_classes=10, seed=0)
+  state = create_train_state(model, optax.sgd(0.1))
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)),
+           "label": jnp.asarray(rng.integers(0, 10, 32).astype(np.int32))}
+  step = jax.jit(train_step, static_argnums=3)
+  full, full_metrics = step(state, batch, jax.random.key(0), StepConfig(l2=l2))
+  sliced, sliced_metrics = step(state, batch, jax.random.key(0),
+                                StepConfig(l2=l2, micro_batches=4))
+  changes = lambda s: jax.tree.map(lambda a, b: a - b, s.params, state.params)
+  chex.assert_trees_all_close(changes(sliced), changes(full), rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(sliced_metrics["loss"], full_metrics["loss"], rtol=1e-6)
+  assert sliced_metrics["accuracy"] == full_metrics["accuracy"]
+
+
+def test_micro_batches_are_refused_with_batch_norm(tmp_path, tiny_folder):
+  config = tiny_config(tiny_folder)
+  config.model, config.batch_norm, config.micro_batch_size = "mlp", "on", 2
+  with pytest.raises(errors.ConfigError, match="micro_batch_size.*BatchNorm"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -29,7 +29,9 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
                     augment=preprocess.parse_augment(config.augment),
                     crop_padding=int(config.crop_padding),
                     cutout_size=int(config.cutout_size), l1=float(config.l1),
-                    l2=float(config.l2), max_norm=float(config.max_norm))
+                    l2=float(config.l2), max_norm=float(config.max_norm),
+                    micro_batches=(config.batch_size // config.micro_batch_size
+                                   if config.micro_batch_size else 1))
 
 
 def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int):

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -162,6 +163,11 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   model = create_model(config.model, input_shape=dataset.image_shape,
                        num_classes=dataset.num_classes, seed=config.seed,
                        **configs.model_kwargs(config))
+  if config.micro_batch_size and (jax.tree.leaves(nnx.state(model, nnx.BatchStat))
+                                  or mesh.size > 1):
+    raise errors.ConfigError(
+        "config.micro_batch_size is for models without BatchNorm on one device (slices "
+        "would have their own BatchNorm statistics); set it to 0.")
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
   training = config.mode == "train"
   if training:

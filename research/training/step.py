@@ -28,6 +28,7 @@ class StepConfig:
   l1: float = 0.0
   l2: float = 0.0
   max_norm: float = 0.0
+  micro_batches: int = 1   # gradients accumulated over this many slices of the batch
 
 
 def _kernels(params) -> list[jax.Array]:
@@ -66,17 +67,22 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
     images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding,
                                 cfg.cutout_size)
 
-  def loss_fn(params):
+  def loss_fn(params, images, labels, dropout_key):
     logits, batch_stats = apply_model(state, params, images, train=True,
                                       dropout_key=dropout_key)
-    loss = losses.per_example_loss(cfg.loss, logits, batch["label"],
-                                   cfg.label_smoothing).mean()
+    loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing).mean()
     if cfg.l1 or cfg.l2:
       loss = loss + penalty(params, cfg.l1, cfg.l2)
     return loss, (logits, batch_stats)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if cfg.micro_batches == 1:
+    (loss, (logits, batch_stats)), grads = grad_fn(state.params, images, batch["label"],
+                                                   dropout_key)
+  else:
+    loss, logits, batch_stats, grads = _accumulate(grad_fn, state.params, images,
+                                                   batch["label"], dropout_key,
+                                                   cfg.micro_batches)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
   if cfg.max_norm:
@@ -86,6 +92,26 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   metrics = {"loss": loss,
              "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
   return new_state, metrics
+
+
+def _accumulate(grad_fn, params, images, labels, dropout_key, micro_batches: int):
+  """The mean loss and gradient over the batch, computed slice by slice: the same
+  numbers up to float rounding, for models without BatchNorm (whose statistics would
+  be per slice). Unrolled on purpose: on XLA:CPU the convolutions of a small slice run
+  much faster per image than those of a large batch (benchmarks/train_step.py)."""
+  size = labels.shape[0] // micro_batches
+  loss, grads, logits = 0.0, None, []
+  for i in range(micro_batches):
+    part = slice(i * size, (i + 1) * size)
+    (part_loss, (part_logits, batch_stats)), part_grads = grad_fn(
+        params, images[part], labels[part],
+        None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+    loss = loss + part_loss
+    grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
+    logits.append(part_logits)
+  scale = 1.0 / micro_batches
+  return (loss * scale, jnp.concatenate(logits), batch_stats,
+          jax.tree.map(lambda g: g * scale, grads))
 
 
 def eval_step(state: TrainState, batch: dict, cfg: StepConfig):
