@@ -84,7 +84,7 @@ def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
     cells += [f"{100 * s['point'].published[k]:.2f}" if k in s["point"].published else "–"
               for k in published]
     lines.append("| " + " | ".join(cells) + " |")
-  if published and sweep.published_source:
+  if sweep.published_source:
     lines += ["", f"Published figures: {sweep.published_source}."]
   path.write_text("\n".join(lines) + "\n")
 

@@ -1,0 +1,175 @@
+"""Zhang et al. 2017, Table 1, scaled down: explicit regularisers are neither necessary
+nor the main reason a net generalises.
+
+    python -m experiments.regularization --workdir DIR [--seeds N] [--parallel N]
+    python -m experiments.regularization --config=experiments/regularization.py:mlp --workdir DIR
+    python -m experiments.regularization --config=experiments/regularization.py:smoke --workdir DIR
+
+A sweep (research/sweep.py) of six points, two seeds each: {random crop} x {weight decay},
+then dropout, then random labels (every training label replaced by a uniform random
+class; no crop, weight decay or dropout, as in Zhang's random-label runs). Each point
+reports train accuracy (inference mode, on the labels as trained on) and test accuracy,
+mean ± std over seeds, in DIR/results.md beside the published figures, with
+learning_curves.png, test_accuracy.png and gap.png (docs/studies/regularization/).
+
+Zhang's recipe: SGD with momentum 0.9, the learning rate x0.95 per epoch (exponential);
+random crops of 28x28 out of 32x32, which we do as a shift of up to 2 pixels (padding 2,
+crop back to 32x32); weight decay 5e-4 (kernels only, added to the gradient); dropout
+0.5. Unlike Zhang we keep 32x32 images normalised per channel (no per-image whitening),
+train on a seeded subset of CIFAR-10 (the JPEG copy) and test on 5,000 test images.
+
+Variants:
+  default  seed S5's CNN at half width (Conv16 3x3 - pool - Conv32 3x3 - pool - Dense32 -
+           Dense10, 42k parameters, dropout before the head) on 5,000 training images,
+           30 epochs, batch 128, lr 0.05 (lr 0.01, Zhang's for AlexNet, fits only 91% of
+           the images in 30 epochs; the full-width cnn32 costs 4x as much). There is no
+           like-for-like published figure: the nearest analogue is Zhang's AlexNet
+           (small), 1.4M parameters on all 50,000 images.
+  mlp      Zhang's MLP 1x512 (3072-512-10 ReLU, 1.6M parameters) at their lr 0.01 on
+           10,000 training images, 30 epochs; dropout after the hidden layer.
+  smoke    the sweep's code path: 2 points, 1 seed, 256 images, 1 epoch (tests and CI).
+
+Measured (2 seeds, 2-core AMD EPYC CPU, one CPU device, --parallel 1, with other jobs
+sharing the machine):
+  default  669 s wall for the 12 runs (45-62 s each), 634 s of CPU time, at a load average
+           of 2-4; an earlier run of the same sweep took 1370 s at a load average of 5-8.
+  mlp      415 s wall (24-45 s a run), 440 s of CPU time, load average 2-5.
+  smoke    18 s wall with an empty JAX compilation cache, 11 s with it warm.
+
+  train / test accuracy (%), mean ± std over 2 seeds; Zhang's figures are on 50,000
+  images:
+  point           default (small CNN, 5k)         mlp (1x512, 10k)               Zhang MLP 1x512
+  crop+wd         82.64 ± 1.90 / 57.78 ± 0.37     72.34 ± 0.37 / 50.48 ± 0.06    –
+  crop            81.49 ± 0.81 / 56.66 ± 0.45     72.62 ± 0.07 / 50.07 ± 0.41    –
+  wd              99.89 ± 0.13 / 50.05 ± 0.89     99.52 ± 0.09 / 46.31 ± 0.18    99.80 / 50.39
+  none            99.91 ± 0.10 / 49.79 ± 1.03     99.59 ± 0.10 / 46.17 ± 0.30    100.0 / 50.51
+  dropout         80.80 ± 0.71 / 50.57 ± 0.55     87.69 ± 0.12 / 47.35 ± 0.72    –
+  random_labels   76.80 ± 10.52 / 9.22 ± 0.34     97.82 ± 0.01 /  9.88 ± 0.68    99.34 / 10.61
+  Zhang's AlexNet (small): crop+wd 99.90 / 81.22, none 100.0 / 76.07, random labels
+  99.82 / 9.86.
+
+What it shows:
+- With no regulariser at all both nets fit the training set (99.6-99.9%) and still
+  generalise far above chance (49.8% and 46.2% against 10%), as in Zhang's table.
+- Weight decay alone changes nothing measurable: +0.3 points for the CNN (within one
+  std), +0.1 for the MLP (Zhang: -0.1 for the MLP 1x512).
+- Random crop is the regulariser that matters: +8.0 points of test accuracy for the CNN
+  with weight decay, +6.9 without (Zhang's AlexNet: +5.2 with weight decay), and +4.3 for
+  the MLP. Unlike Zhang's large nets, ours no longer fit the cropped training set within
+  the budget (82% and 72%), so here crop also acts by limiting the fit; dropout likewise
+  stops both nets short of the training set (81% and 88%) for at most +1.2 points.
+- Random labels: test accuracy at chance (9.2%, 9.9%; Zhang 9.9%, 10.6%) while the MLP
+  memorises 97.8% of its 10,000 random labels in the same 30 epochs that fit the true
+  ones to 99.6%. The CNN, with 42k parameters, reaches 69% and 84% (two seeds) by epoch
+  30 and is still climbing 3-4 points an epoch (learning_curves.png): it needs more
+  epochs than the true labels, which it fits (99%) by epoch 21.
+- Our MLP tests 4 points below Zhang's because it sees a fifth of the images.
+"""
+
+from research import configs
+from research import sweep as sweep_lib
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+WEIGHT_DECAY = 5e-4   # added to the gradient (PyTorch's SGD weight_decay), kernels only
+DROPOUT = 0.5         # before the head (CNN) or after the hidden layer (MLP)
+
+# Zhang et al. 2017, Table 1, MLP 1x512 (train, test) accuracy: the rows our MLP points
+# correspond to. Their nets see all 50,000 images at 28x28; ours a 10,000-image subset.
+ZHANG_MLP_1x512 = {"wd": (0.9980, 0.5039), "none": (1.0, 0.5051),
+                   "random_labels": (0.9934, 0.1061)}
+ZHANG_SOURCE = ("Zhang et al. 2017, Table 1 (CIFAR-10, 50,000 training images, 28x28 "
+                "crops, SGD momentum 0.9, lr x0.95 per epoch)")
+ALEXNET_NOTE = ("no like-for-like figure: the nearest published analogue is Zhang et al. "
+                "2017, Table 1, AlexNet (small), 1.4M parameters, 50,000 images: crop+wd "
+                "99.90 / 81.22, neither 100.0 / 76.07, random labels 99.82 / 9.86 (train / "
+                "test %)")
+
+
+def _base():
+  c = configs.base_config()
+  c.dataset = "cifar10"
+  c.normalize_mean, c.normalize_std = CIFAR_MEAN, CIFAR_STD
+  # Zhang's schedule: SGD with momentum 0.9, the learning rate x0.95 per epoch.
+  c.optimizer, c.momentum = "momentum", 0.9
+  c.lr_schedule, c.lr_decay_factor = "exponential", 0.95
+  # Zhang's random crop takes 28x28 crops of the 32x32 images (offsets 0-4): a shift of
+  # up to 2 pixels each way, which is what padding 2 and cropping back to 32x32 gives.
+  c.augment, c.crop_padding, c.weight_decay = "none", 2, 0.0
+  c.batch_size = 128
+  # The train curve (a fixed 2,000 of the training images, in inference mode) and the
+  # test curve every 3 epochs; the summary's train accuracy is over the whole subset.
+  c.eval_train, c.eval_train_size, c.eval_every_epochs = True, 2000, 3
+  c.test_subset = 5000
+  c.checkpoint_every_epochs = 10
+  c.log_every_steps = 1000
+  return c
+
+
+def get_config(variant: str | None = None):
+  c = _base()
+  if variant in (None, "", "default", "smoke"):
+    # Seed S5's CNN at half width: Conv16 3x3 - pool - Conv32 3x3 - pool - Dense32 -
+    # Dense10, 42k parameters; it fits 5,000 images (99.9% train) in 30 epochs at lr 0.05,
+    # where lr 0.01 (Zhang's for AlexNet) reached 91%.
+    c.model, c.width_multiplier = "cnn32", 0.5
+    c.learning_rate = 0.05
+    c.train_subset, c.num_epochs = 5000, 30
+    if variant == "smoke":
+      # Equal train and test sizes share one compiled evaluation.
+      c.train_subset, c.test_subset, c.eval_train_size = 256, 256, 0
+      c.num_epochs, c.eval_every_epochs, c.log_every_steps = 1, 1, 1
+    return c
+  if variant == "mlp":
+    # Zhang's MLP 1x512 at their learning rate.
+    c.model, c.model_kwargs.widths = "mlp", (512,)
+    c.learning_rate = 0.01
+    c.train_subset, c.num_epochs = 10000, 30
+    return c
+  raise ValueError(f"Unknown variant {variant!r} of regularization; use 'mlp', 'smoke' or "
+                   "none.")
+
+
+def _points(published: dict | None = None) -> list[sweep_lib.Point]:
+  """Zhang's rows: {random crop} x {weight decay}, then dropout and random labels (no
+  crop, no weight decay, no dropout, as in their random-label runs)."""
+  published = published or {}
+  rows = [("crop+wd", {"augment": "crop", "weight_decay": WEIGHT_DECAY}),
+          ("crop", {"augment": "crop", "weight_decay": 0.0}),
+          ("wd", {"augment": "none", "weight_decay": WEIGHT_DECAY}),
+          ("none", {"augment": "none", "weight_decay": 0.0}),
+          ("dropout", {"augment": "none", "weight_decay": 0.0, "dropout": DROPOUT}),
+          ("random_labels", {"augment": "none", "weight_decay": 0.0,
+                             "label_corruption": 1.0})]
+  points = []
+  for name, overrides in rows:
+    figures = published.get(name)
+    points.append(sweep_lib.Point(
+        overrides, name=name,
+        published={"train_accuracy": figures[0], "test_accuracy": figures[1]}
+        if figures else {}))
+  return points
+
+
+def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
+  if variant == "smoke":
+    return sweep_lib.Sweep(
+        [sweep_lib.Point({"augment": "none", "weight_decay": 0.0}, name="none"),
+         sweep_lib.Point({"augment": "crop", "weight_decay": WEIGHT_DECAY},
+                         name="crop+wd")],
+        seeds=1, title="regularization smoke test")
+  if variant == "mlp":
+    return sweep_lib.Sweep(_points(ZHANG_MLP_1x512), seeds=2,
+                           title="Zhang Table 1 analogue: MLP 1x512, 10k CIFAR-10",
+                           published_source=ZHANG_SOURCE + ", MLP 1x512")
+  if variant in (None, "", "default"):
+    return sweep_lib.Sweep(_points(), seeds=2,
+                           title="Zhang Table 1 analogue: small CNN, 5k CIFAR-10",
+                           published_source=ALEXNET_NOTE)
+  raise ValueError(f"Unknown variant {variant!r} of regularization; use 'mlp', 'smoke' or "
+                   "none.")
+
+
+if __name__ == "__main__":
+  from research import cli
+  cli.main(__file__)
