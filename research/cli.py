@@ -18,6 +18,7 @@ import datetime
 import functools
 import importlib.util
 import pathlib
+import signal
 import sys
 
 from absl import app
@@ -133,6 +134,8 @@ def _run_sweep(experiment: str, module, config_arg: str) -> int:
                         config_arg, config_flags.get_override_values(FLAGS["config"]))
   sweep_lib.check_existing(jobs)
   if FLAGS["print-commands"].value:
+    # Piped into `head` or a scheduler that stops reading: end quietly, like a shell tool.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sweep_lib.print_commands(jobs)
     return 0
   sweep_results.write_plan(sweep, jobs, sweep_dir)

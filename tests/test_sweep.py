@@ -4,6 +4,7 @@ recomputing anything, the plain command lines, and the aggregated results."""
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -74,6 +75,17 @@ def test_a_changed_sweep_does_not_reuse_old_runs(tmp_path):
                    tmp_path)
   with pytest.raises(errors.WorkdirError, match="learning_rate: 0.001 -> 0.5"):
     sweep_lib.check_existing([changed])
+
+
+def test_print_commands_into_a_closed_pipe_ends_quietly(tmp_path):
+  """`--print-commands | head -1` on a sweep whose lines overflow the pipe's buffer."""
+  grid = json.dumps({"learning_rate": [1e-3 + i * 1e-6 for i in range(1000)]})
+  command = shlex.join([sys.executable, "-m", "experiments.mnist_mlp",
+                        f"--workdir={tmp_path}", f"--grid={grid}", "--print-commands"])
+  piped = subprocess.run(f"{command} | head -1", shell=True, cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+  assert piped.stdout.startswith("python -m experiments.mnist_mlp --nosweep")
+  assert "Traceback" not in piped.stderr, piped.stderr[-2000:]
 
 
 # Two points x two seeds of a tiny MLP on 512 MNIST images. Each save sleeps 0.4 s (a
