@@ -190,10 +190,9 @@ def print_commands(jobs: Sequence[Job], file=sys.stdout) -> None:
 
 @dataclasses.dataclass
 class Outcome:
-  done: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
   failed: list[str] = dataclasses.field(default_factory=list)
-  interrupted: bool = False
+  interrupted: bool = False   # a signal here, or a job that stopped resumably
 
 
 def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
@@ -243,8 +242,7 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-  outcome.interrupted = bool(stop) or any(
-      "interrupted" in f for f in outcome.failed)
+  outcome.interrupted = outcome.interrupted or bool(stop)
   return outcome
 
 
@@ -262,12 +260,12 @@ def _launch(job: Job, log) -> subprocess.Popen:
 def _report(job: Job, code: int, seconds: float, count: str, outcome: Outcome, log) -> None:
   if code == 0:
     summary = job.summary() or {}
-    outcome.done.append(job.name)
     log(f"[{count}] done {job.name}: train {summary.get('train_accuracy', float('nan')):.2%}"
         f" test {summary.get('test_accuracy', float('nan')):.2%} ({seconds:.0f} s)")
     return
   reason = {errors.Interrupted.EXIT_CODE: "interrupted (resumable)",
             2: "failed: bad input or config"}.get(code, f"crashed with exit code {code}")
   outcome.failed.append(f"{job.name}: {reason}")
+  outcome.interrupted |= code == errors.Interrupted.EXIT_CODE
   tail = job.log_path.read_text(errors="replace").strip().splitlines()[-3:]
   log(f"{job.name} {reason}; last lines of {job.log_path}:\n    " + "\n    ".join(tail))

@@ -68,12 +68,12 @@ def _cell(mean: float, std: float, scale: float, decimals: int) -> str:
 
 
 def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
-                   path: pathlib.Path, title: str = "") -> None:
+                   path: pathlib.Path) -> None:
   published = [k for k in ("train_accuracy", "test_accuracy")
                if any(k in s["point"].published for s in stats)]
   header = ["point", "seeds", *(t for t, _, _, _ in TABLE),
             *(f"published {k.split('_')[0]} (%)" for k in published)]
-  lines = [f"# {title or sweep.title or 'Sweep results'}", "",
+  lines = [f"# {sweep.title or 'Sweep results'}", "",
            f"Mean ± sample standard deviation over the finished seeds (of {num_seeds} "
            "asked). Train accuracy is measured in inference mode on the training split "
            "as trained on (corrupted labels included); gap = train - test accuracy.", "",
@@ -94,19 +94,22 @@ def x_value(point: "sweep_lib.Point", key: str) -> float:
   return float(value[0] if isinstance(value, (tuple, list)) else value)
 
 
-def _mean_curve(jobs: Sequence["sweep_lib.Job"], split: str) -> tuple[list, list]:
-  """Accuracy against epoch, averaged over the seeds that logged each epoch."""
-  by_epoch: dict[float, list[float]] = {}
+def _mean_curves(jobs: Sequence["sweep_lib.Job"], splits: Sequence[str]) -> dict:
+  """{split: (epochs, accuracy %)}, averaged over the seeds that logged each epoch. A
+  split that a run did not log falls back on its running train records."""
+  by_epoch = {split: {} for split in splits}
   for job in jobs:
     if not (job.workdir / "metrics.jsonl").exists():
       continue
     records = plots.read_metrics(job.workdir)
-    chosen = split if any(r["split"] == split for r in records) else "train"
-    for r in records:
-      if r["split"] == chosen:
-        by_epoch.setdefault(round(r["epoch"], 6), []).append(100 * r["accuracy"])
-  epochs = sorted(by_epoch)
-  return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
+    logged = {r["split"] for r in records}
+    for split in splits:
+      chosen = split if split in logged else "train"
+      for r in records:
+        if r["split"] == chosen:
+          by_epoch[split].setdefault(round(r["epoch"], 6), []).append(100 * r["accuracy"])
+  return {split: (sorted(points), [float(np.mean(points[e])) for e in sorted(points)])
+          for split, points in by_epoch.items()}
 
 
 def plot_learning_curves(sweep, jobs, path: pathlib.Path) -> None:
@@ -116,9 +119,10 @@ def plot_learning_curves(sweep, jobs, path: pathlib.Path) -> None:
   n = len(sweep.points)  # distinct hues while they last, then a sequential map
   colors = plt.cm.tab10(np.arange(n)) if n <= 10 else plt.cm.viridis(np.linspace(0, 0.9, n))
   for point, color in zip(sweep.points, colors):
-    mine = [j for j in jobs if j.point.label == point.label]
+    curves = _mean_curves([j for j in jobs if j.point.label == point.label],
+                          ("train_eval", "test"))
     for ax, split in ((ax_train, "train_eval"), (ax_test, "test")):
-      epochs, acc = _mean_curve(mine, split)
+      epochs, acc = curves[split]
       if epochs:
         ax.plot(epochs, acc, "-", color=color, label=point.label, linewidth=1.5)
   ax_train.set(xlabel="epoch", ylabel="accuracy (%)",
