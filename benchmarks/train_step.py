@@ -104,10 +104,12 @@ def ours(config, shape, batch, data):
   state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
   images, labels, perm = jax.device_put((images_np, labels_np, perm_np),
                                         sharding.replicated(mesh))
-  # The recipe's micro-batch size (research/configs.py) applies at every batch size.
-  micro = config.micro_batch_size
-  cfg = dataclasses.replace(jitted.step_config(config), augment=(),
-                            micro_batches=batch // micro if micro and batch > micro else 1)
+  # The recipe's micro-batch size (research/configs.py) applies at every batch size
+  # that it divides; step_config derives the slices from the batch as a run does.
+  config.batch_size = batch
+  if config.micro_batch_size and batch % config.micro_batch_size:
+    config.micro_batch_size = 0
+  cfg = dataclasses.replace(jitted.step_config(config), augment=())
   step_fn = jitted.make_train_fn(cfg, mesh, batch, seed=0)
   flops = common.compiled_flops(step_fn, state, images, labels, perm, 0)
   holder = {"state": state}

@@ -43,20 +43,21 @@ def have_keras() -> bool:
   return _importable("benchmarks.keras_peers")
 
 
+def _peers_or_skip(module: str, library: str):
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    pytest.skip(f"{library} is not importable ({e}): pip install -e '.[bench]'")
+
+
 @pytest.fixture(scope="module")
 def torch_peers():
-  try:
-    return importlib.import_module("benchmarks.torch_peers")
-  except ImportError as e:
-    pytest.skip(f"torch is not importable ({e}): pip install -e '.[bench]'")
+  return _peers_or_skip("benchmarks.torch_peers", "torch")
 
 
 @pytest.fixture(scope="module")
 def keras_peers():
-  try:
-    return importlib.import_module("benchmarks.keras_peers")
-  except ImportError as e:
-    pytest.skip(f"keras (JAX backend) is not importable ({e}): pip install -e '.[bench]'")
+  return _peers_or_skip("benchmarks.keras_peers", "keras (JAX backend)")
 
 
 # (model name, input shape, model kwargs, experiment config)
