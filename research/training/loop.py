@@ -187,14 +187,16 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   eval_splits = {"test": put_split(dataset.test, mesh)}
   if dataset.validation is not None:
     eval_splits["validation"] = put_split(dataset.validation, mesh)
-  if config.eval_train:
-    eval_splits["train_eval"] = put_split(
-        subset(dataset.train, config.eval_train_size, config.split_seed), mesh)
+  train_split = put_split(dataset.train, mesh)
+  if config.eval_train:  # the whole split is already on the device: no second copy
+    eval_splits["train_eval"] = (put_split(subset(dataset.train, config.eval_train_size,
+                                                  config.split_seed), mesh)
+                                 if config.eval_train_size else train_split)
   run = Run(config=config, writer=writer, dataset=dataset, mesh=mesh, state=state,
             schedule=schedule, steps_per_epoch=steps_per_epoch,
             train_on_batch=make_train_fn(cfg, mesh, config.batch_size, config.seed),
             evaluate=make_eval_fn(cfg, mesh, eval_batch_size),
-            train_split=put_split(dataset.train, mesh), eval_splits=eval_splits,
+            train_split=train_split, eval_splits=eval_splits,
             progress=progress_lib.Progress(steps_per_epoch * config.num_epochs,
                                            initial_step=int(state.step),
                                            enabled=config.progress and training),
