@@ -54,7 +54,9 @@ jobs (load average 6 to 8 on 2 cores), so wall times are pessimistic):
   shuffled pixels                 98.35     33.65     20 / -
   random pixels                   95.05     20.85     22 / -
   Gaussian                        95.05     10.55     24 / -
-  Whole sweep (5 runs): 12 min 22 s. Smoke: 30 to 40 s.
+  Whole sweep (5 runs): 12 min 22 s. Smoke: 30 to 40 s. The cnn runs predate the
+  change of max_pool's gradient on tied maxima (research/models/layers.py), which moved
+  the regularization study's CNN results by up to 0.5 points a seed; not re-run.
 
 What it shows:
 - Both networks memorise random labels: ~100% train accuracy, test at chance (10%),
