@@ -13,8 +13,8 @@ import pytest
 from research import configs, corruption, errors, preprocess
 from research.data import types
 from research.models import MODELS, create_model
-from research.training import loop
-from research.training.state import create_train_state
+from research.training import jitted, loop
+from research.training.state import apply_model, create_train_state
 from research.training.step import StepConfig, max_norm_project, train_step
 
 from test_training import tiny_config
@@ -255,22 +255,45 @@ def test_random_labels_shuffled_pixels_end_to_end(tiny_folder, tmp_path):
   assert (tmp_path / "run" / "config.json").read_text().count("label_corruption") == 1
 
 
-@pytest.mark.parametrize("l2", [0.0, 1e-3])
-def test_micro_batches_give_the_full_batch_update(l2):
-  """Gradients accumulated over slices are the full-batch mean, up to float rounding."""
+@pytest.mark.parametrize("l2,micro_batches,data_shards", [(0.0, 4, 1), (1e-3, 4, 1),
+                                                         (0.0, 2, 2), (0.0, 2, 4)])
+def test_micro_batches_give_the_full_batch_update(l2, micro_batches, data_shards):
+  """Gradients accumulated over slices (of each device's rows, with `data_shards`) are the
+  full-batch mean up to float rounding, and the logits come back in the batch's order."""
   model = create_model("mnist_cnn", input_shape=(28, 28, 1), num_classes=10, seed=0)
   state = create_train_state(model, optax.sgd(0.1))
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)),
-           "label": jnp.asarray(rng.integers(0, 10, 32).astype(np.int32))}
+  images = jnp.asarray(rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8))
+  # Labels = the model's own predictions: accuracy 1 only if every logit row is in place.
+  logits, _ = apply_model(state, state.params, preprocess.normalize(images, (0.0,), (1.0,)),
+                          train=False)
+  batch = {"image": images, "label": jnp.argmax(logits, -1).astype(jnp.int32)}
   step = jax.jit(train_step, static_argnums=3)
   full, full_metrics = step(state, batch, jax.random.key(0), StepConfig(l2=l2))
   sliced, sliced_metrics = step(state, batch, jax.random.key(0),
-                                StepConfig(l2=l2, micro_batches=4))
+                                StepConfig(l2=l2, micro_batches=micro_batches,
+                                           data_shards=data_shards))
   changes = lambda s: jax.tree.map(lambda a, b: a - b, s.params, state.params)
   chex.assert_trees_all_close(changes(sliced), changes(full), rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(sliced_metrics["loss"], full_metrics["loss"], rtol=1e-6)
-  assert sliced_metrics["accuracy"] == full_metrics["accuracy"]
+  assert full_metrics["accuracy"] == sliced_metrics["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("batch,devices,micro,slices", [(64, 1, 16, 4), (64, 8, 16, 1),
+                                                         (64, 2, 16, 2), (64, 1, 0, 1)])
+def test_micro_batches_per_device(batch, devices, micro, slices):
+  config = configs.base_config()
+  config.batch_size, config.micro_batch_size = batch, micro
+  assert jitted.micro_batches(config, devices) == slices
+
+
+def test_micro_batch_that_does_not_divide_a_device_shard_names_the_keys():
+  config = configs.base_config()
+  config.batch_size, config.micro_batch_size = 96, 16
+  assert jitted.micro_batches(config, 2) == 3   # 48 rows per device
+  config.micro_batch_size = 32
+  with pytest.raises(errors.ConfigError, match="micro_batch_size=32.*batch_size=96.*2 dev"):
+    jitted.micro_batches(config, 2)
 
 
 def test_micro_batches_are_refused_with_batch_norm(tmp_path, tiny_folder):

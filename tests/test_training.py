@@ -162,6 +162,7 @@ for n in (8, 1):
   c.dataset, c.data_dir, c.model = "mnist", sys.argv[1], "mnist_cnn"
   c.train_subset, c.test_subset, c.batch_size, c.num_epochs = 2048, 512, 64, 1
   c.num_devices, c.progress, c.eval_batch_size = n, False, 256
+  c.micro_batch_size = 4   # slices of each device's rows: 2 on 8 devices, 16 on one
   state, summary = loop.run_training(c, f"{sys.argv[2]}/{n}")
   results[n] = ([np.asarray(x) for x in jax.tree.leaves(state.params)], summary)
 (p8, s8), (p1, s1) = results[8], results[1]

@@ -163,11 +163,11 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   model = create_model(config.model, input_shape=dataset.image_shape,
                        num_classes=dataset.num_classes, seed=config.seed,
                        **configs.model_kwargs(config))
-  if config.micro_batch_size and (jax.tree.leaves(nnx.state(model, nnx.BatchStat))
-                                  or mesh.size > 1):
+  cfg = step_config(config, mesh.size)
+  if cfg.micro_batches > 1 and jax.tree.leaves(nnx.state(model, nnx.BatchStat)):
     raise errors.ConfigError(
-        "config.micro_batch_size is for models without BatchNorm on one device (slices "
-        "would have their own BatchNorm statistics); set it to 0.")
+        "config.micro_batch_size is for models without BatchNorm (slices would have "
+        "their own BatchNorm statistics); set it to 0.")
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
   training = config.mode == "train"
   if training:
@@ -182,7 +182,6 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
       checkpoints.set_best_step(train_progress.best["step"])
     writer.trim_metrics(int(state.step))
     writer.write_config(config)
-  cfg = step_config(config)
   eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
   eval_splits = {"test": put_split(dataset.test, mesh)}
   if dataset.validation is not None:

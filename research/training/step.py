@@ -28,7 +28,8 @@ class StepConfig:
   l1: float = 0.0
   l2: float = 0.0
   max_norm: float = 0.0
-  micro_batches: int = 1   # gradients accumulated over this many slices of the batch
+  micro_batches: int = 1   # gradients accumulated over this many slices of each shard
+  data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
 
 
 def _kernels(params) -> list[jax.Array]:
@@ -81,8 +82,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
                                                    dropout_key)
   else:
     loss, logits, batch_stats, grads = _accumulate(grad_fn, state.params, images,
-                                                   batch["label"], dropout_key,
-                                                   cfg.micro_batches)
+                                                   batch["label"], dropout_key, cfg)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
   if cfg.max_norm:
@@ -94,23 +94,32 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   return new_state, metrics
 
 
-def _accumulate(grad_fn, params, images, labels, dropout_key, micro_batches: int):
+def _accumulate(grad_fn, params, images, labels, dropout_key, cfg: StepConfig):
   """The mean loss and gradient over the batch, computed slice by slice: the same
   numbers up to float rounding, for models without BatchNorm (whose statistics would
   be per slice). Unrolled on purpose: on XLA:CPU the convolutions of a small slice run
-  much faster per image than those of a large batch (benchmarks/train_step.py)."""
-  size = labels.shape[0] // micro_batches
-  loss, grads, logits = 0.0, None, []
+  much faster per image than those of a large batch (benchmarks/train_step.py).
+
+  Slice i takes rows i*s..(i+1)*s of every device's shard of the batch, so that each
+  device works on its own rows and no slice moves data between devices."""
+  shards, micro_batches = cfg.data_shards, cfg.micro_batches
+
+  def part(x, i):
+    x = x.reshape((shards, micro_batches, -1) + x.shape[1:])[:, i]
+    return x.reshape((-1,) + x.shape[2:])
+
+  loss, grads, logits = 0.0, None, [None] * micro_batches
   for i in range(micro_batches):
-    part = slice(i * size, (i + 1) * size)
-    (part_loss, (part_logits, batch_stats)), part_grads = grad_fn(
-        params, images[part], labels[part],
+    (part_loss, (logits[i], batch_stats)), part_grads = grad_fn(
+        params, part(images, i), part(labels, i),
         None if dropout_key is None else jax.random.fold_in(dropout_key, i))
     loss = loss + part_loss
     grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
-    logits.append(part_logits)
+  # Back to the batch's row order: (slice, shard, row) -> (shard, slice, row).
+  logits = jnp.stack(logits).reshape((micro_batches, shards, -1, logits[0].shape[-1]))
+  logits = logits.transpose(1, 0, 2, 3).reshape(labels.shape + logits.shape[-1:])
   scale = 1.0 / micro_batches
-  return (loss * scale, jnp.concatenate(logits), batch_stats,
+  return (loss * scale, logits, batch_stats,
           jax.tree.map(lambda g: g * scale, grads))
 
 
