@@ -181,20 +181,3 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
   assert (out["devices8"], out["devices1"]) == (8, 1)
   assert out["max_param_diff"] < 1e-4, out
   assert abs(out["loss8"] - out["loss1"]) < 1e-4, out
-
-
-def test_train_step_compiles_once_per_run(data_dir, tmp_path, monkeypatch):
-  """No retracing across steps and epochs: one compiled train step serves the whole run
-  (the step index and the epoch's permutation are arguments, not constants)."""
-  from experiments import mnist_mlp
-  monkeypatch.setenv("RESEARCH_DATA_DIR", str(data_dir))
-  config = mnist_mlp.get_config("smoke")
-  config.num_epochs, config.progress = 3, False
-  run = loop.setup(config, str(tmp_path))
-  try:
-    loop.train(run)
-    assert int(run.state.step) == 3 * run.steps_per_epoch
-    assert run.train_on_batch._cache_size() == 1
-  finally:
-    run.checkpoints.close()
-    run.writer.unlock()
