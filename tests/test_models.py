@@ -85,6 +85,31 @@ def test_max_pool_matches_reduce_window(shape, ties):
   np.testing.assert_array_equal(grad(jax.jit(layers.max_pool)), grad(reference))
 
 
+@pytest.mark.parametrize("features, kernel, padding", [((3, 6), 5, "VALID"),
+                                                      ((6, 16), 5, "VALID"),
+                                                      ((5, 12), 3, "SAME")])
+def test_padded_conv_matches_nnx_conv(features, kernel, padding):
+  """layers.conv (output channels padded to a multiple of 8 inside the call) has
+  nnx.Conv's parameters, outputs and gradients, under jit as in a train step."""
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, features[0]))
+  ours = layers.conv(*features, kernel, padding=padding, use_bias=True, rngs=nnx.Rngs(0))
+  plain = nnx.Conv(*features, (kernel, kernel), padding=padding, rngs=nnx.Rngs(0))
+  chex.assert_trees_all_equal(nnx.state(ours), nnx.state(plain))
+  weights = jax.random.normal(jax.random.key(1), plain(x).shape)
+
+  @jax.jit
+  def loss_and_grads(module, x):
+    loss = lambda module, x: jnp.sum(module(x) * weights)
+    return jax.value_and_grad(loss, argnums=(0, 1))(module, x)
+
+  (ours_loss, (ours_dw, ours_dx)), (loss, (dw, dx)) = (loss_and_grads(ours, x),
+                                                       loss_and_grads(plain, x))
+  np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(ours_loss, loss, rtol=1e-6)
+  chex.assert_trees_all_close(nnx.state(ours_dw), nnx.state(dw), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours_dx, dx, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name, shape", [("lenet5", (32, 32, 3)), ("vgg", (32, 32, 3))])
 def test_jitted_construction_gives_the_eager_parameters(name, shape):
   """create_model builds under one jit (one compile instead of one per initialiser op);

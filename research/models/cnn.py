@@ -46,7 +46,7 @@ class ConvPoolNet(nnx.Module):
     self.dropout_rate = dropout
     ins = [c, *channels[:-1]]
     self.convs = nnx.List([
-        nnx.Conv(i, o, (k, k), padding="VALID", use_bias=not batch_norm, rngs=rngs)
+        layers.conv(i, o, k, padding="VALID", use_bias=not batch_norm, rngs=rngs)
         for i, o, k in zip(ins, channels, kernels)])
     sizes = [side_h * side_w * channels[-1], *dense]
     self.dense = nnx.List(

@@ -40,8 +40,8 @@ class VGG(nnx.Module):
     in_ch = input_shape[-1]
     for width in widths:
       for _ in range(convs_per_block):
-        convs.append(nnx.Conv(in_ch, width, (3, 3), padding="SAME",
-                              use_bias=not batch_norm, rngs=rngs))
+        convs.append(layers.conv(in_ch, width, 3, padding="SAME",
+                                 use_bias=not batch_norm, rngs=rngs))
         if batch_norm:
           norms.append(nnx.BatchNorm(width, momentum=bn_momentum, rngs=rngs))
         in_ch = width
