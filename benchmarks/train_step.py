@@ -27,7 +27,6 @@ frameworks so that they do the same work; issue 2 measured it at no visible cost
 learning-rate schedules (constant in the peers).
 """
 
-import dataclasses
 import os
 import sys
 import time
@@ -35,15 +34,13 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 
 from benchmarks import common
-from experiments import cifar_cnn, mnist_cnn, mnist_mlp
-from research import configs, sharding
-from research.models import create_model
-from research.training import jitted, optim
-from research.training.state import count_params, create_train_state
+from benchmarks import workloads
+from benchmarks.workloads import NUM_CLASSES, WORKLOADS, synthetic_data
+from research import configs
+from research.training.state import count_params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["s1", "s2", "s4", "vgg"], "Models: s1, s2, s4, vgg.")
@@ -57,33 +54,6 @@ flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measur
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = torch's default).")
 flags.DEFINE_string("json_out", "", "Also write the results as JSON to this path.")
 
-POOL = 4096  # distinct synthetic images per (model, batch): the step index wraps around
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-  label: str
-  input_shape: tuple[int, int, int]
-  get_config: object
-
-
-WORKLOADS = {
-    "s1": Workload("S1 MLP", (28, 28, 1), mnist_mlp.get_config),
-    "s2": Workload("S2 MNIST CNN", (28, 28, 1), mnist_cnn.get_config),
-    "s4": Workload("S4 LeNet-5", (32, 32, 3), lambda: cifar_cnn.get_config("lenet")),
-    "vgg": Workload("VGG 16-32-64 BN", (32, 32, 3), cifar_cnn.get_config),
-}
-NUM_CLASSES = 10
-
-
-def synthetic_data(shape, batch: int, seed: int = 0):
-  pool = max(1, POOL // batch) * batch
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (pool, *shape), dtype=np.uint8)
-  labels = rng.integers(0, NUM_CLASSES, pool).astype(np.int32)
-  return images, labels, rng.permutation(pool).astype(np.int32)
-
-
 def _timed(loop):
   """run(steps) -> seconds, with `loop(steps)` doing the work and blocking at the end."""
   def run(steps: int) -> float:
@@ -95,33 +65,9 @@ def _timed(loop):
 
 def ours(config, shape, batch, data):
   """Returns (run(steps) -> seconds, FLOPs per step, parameter count)."""
-  images_np, labels_np, perm_np = data
-  mesh = sharding.make_mesh()
-  model = create_model(config.model, input_shape=shape, num_classes=NUM_CLASSES, seed=0,
-                       **configs.model_kwargs(config))
-  num_batches = len(labels_np) // batch
-  tx, _ = optim.create_optimizer(config, steps_per_epoch=num_batches)
-  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
-  images, labels, perm = jax.device_put((images_np, labels_np, perm_np),
-                                        sharding.replicated(mesh))
-  # The recipe's micro-batch size (research/configs.py) applies at every batch size
-  # that it divides; step_config derives the slices from the batch as a run does.
-  config.batch_size = batch
-  if config.micro_batch_size and batch % config.micro_batch_size:
-    config.micro_batch_size = 0
-  cfg = dataclasses.replace(jitted.step_config(config), augment=())
-  step_fn = jitted.make_train_fn(cfg, mesh, batch, seed=0)
-  flops = common.compiled_flops(step_fn, state, images, labels, perm, 0)
-  holder = {"state": state}
-
-  def loop(steps):
-    state, metrics = holder["state"], None
-    for i in range(steps):
-      state, metrics = step_fn(state, images, labels, perm, i % num_batches)
-    jax.block_until_ready((state, metrics))
-    holder["state"] = state
-
-  return _timed(loop), flops, count_params(state)
+  step = workloads.build_ours(config, shape, batch, data)
+  flops = common.compiled_flops(step.step_fn, step.state, *step.arrays, 0)
+  return _timed(step.run), flops, count_params(step.state)
 
 
 def torch_peer(config, shape, batch, data):

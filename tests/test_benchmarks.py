@@ -109,6 +109,15 @@ def test_train_step_benchmark_smoke(tmp_path):
   assert ("ours/torch" in stdout) == have_torch()
 
 
+def test_profile_step_smoke(tmp_path):
+  """A trace of S4's step, summed per XLA operation: the first convolution's forward
+  pass (16 images a slice, 6 filters padded to 8) must be among the rows."""
+  stdout = _run(["benchmarks.profile_step", "--model=s4", "--batch_size=32", "--steps=3",
+                 "--top=40", f"--trace_dir={tmp_path}"])
+  assert "| f32[16,28,28,8] " in stdout and "jvp()/conv_general_dilated" in stdout
+  assert list(tmp_path.glob("**/*.trace.json.gz"))
+
+
 def test_end_to_end_benchmark_smoke(tmp_path, data_dir):
   out = tmp_path / "e2e.json"
   stdout = _run(["benchmarks.end_to_end", "--recipes=s2,s4", "--epochs=1",

@@ -1,0 +1,76 @@
+"""The benchmark workloads (the seed models with their recipes' configs), synthetic data
+of their input shapes, and our train step built as the train loop builds it; shared by
+benchmarks/train_step.py and benchmarks/profile_step.py."""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from experiments import cifar_cnn, mnist_cnn, mnist_mlp
+from research import configs, sharding
+from research.models import create_model
+from research.training import jitted, optim
+from research.training.state import create_train_state
+
+POOL = 4096  # distinct synthetic images per (model, batch): the step index wraps around
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  label: str
+  input_shape: tuple[int, int, int]
+  get_config: object
+
+
+WORKLOADS = {
+    "s1": Workload("S1 MLP", (28, 28, 1), mnist_mlp.get_config),
+    "s2": Workload("S2 MNIST CNN", (28, 28, 1), mnist_cnn.get_config),
+    "s4": Workload("S4 LeNet-5", (32, 32, 3), lambda: cifar_cnn.get_config("lenet")),
+    "vgg": Workload("VGG 16-32-64 BN", (32, 32, 3), cifar_cnn.get_config),
+}
+NUM_CLASSES = 10
+
+
+def synthetic_data(shape, batch: int, seed: int = 0):
+  pool = max(1, POOL // batch) * batch
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (pool, *shape), dtype=np.uint8)
+  labels = rng.integers(0, NUM_CLASSES, pool).astype(np.int32)
+  return images, labels, rng.permutation(pool).astype(np.int32)
+
+
+@dataclasses.dataclass
+class OurStep:
+  """Our jitted step with its state and on-device data, as the train loop holds them."""
+  step_fn: object
+  state: object
+  arrays: tuple        # (images, labels, permutation) on the device
+  num_batches: int
+
+  def run(self, steps: int) -> None:
+    """`steps` steps, the batch index wrapping around, blocking at the end."""
+    state, metrics = self.state, None
+    for i in range(steps):
+      state, metrics = self.step_fn(state, *self.arrays, i % self.num_batches)
+    jax.block_until_ready((state, metrics))
+    self.state = state
+
+
+def build_ours(config, shape, batch, data) -> OurStep:
+  images_np, labels_np, perm_np = data
+  mesh = sharding.make_mesh()
+  model = create_model(config.model, input_shape=shape, num_classes=NUM_CLASSES, seed=0,
+                       **configs.model_kwargs(config))
+  num_batches = len(labels_np) // batch
+  tx, _ = optim.create_optimizer(config, steps_per_epoch=num_batches)
+  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
+  arrays = jax.device_put((images_np, labels_np, perm_np), sharding.replicated(mesh))
+  # The recipe's micro-batch size (research/configs.py) applies at every batch size
+  # that it divides; step_config derives the slices from the batch as a run does.
+  config.batch_size = batch
+  if config.micro_batch_size and batch % config.micro_batch_size:
+    config.micro_batch_size = 0
+  cfg = dataclasses.replace(jitted.step_config(config, mesh.size), augment=())
+  step_fn = jitted.make_train_fn(cfg, mesh, batch, seed=0)
+  return OurStep(step_fn, state, arrays, num_batches)
