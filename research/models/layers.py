@@ -14,8 +14,8 @@ call: XLA:CPU's convolution is vectorised over output channels and runs S4's fir
 convolution (3 -> 6 channels, 5x5, 16 images) in 1.25 ms, but in 0.7 ms with 8 or 16
 output channels. The extra filters are zeros and their outputs are dropped, so the
 results are those of the plain convolution (tests/test_models.py); the S4 train step went
-from 4.4k to 6.1k images/s at batch 32 and from 6.9k to 8.0k at batch 128 (interleaved,
-2-core AMD EPYC). Padding the input channels too (for the gradient of S4's second
+from 4.4k to 6.1k images/s at batch 32 and from 6.9k to 8.0k at batch 128 (one
+interleaved run each, 2-core AMD EPYC). Padding the input channels too (for the gradient of S4's second
 convolution, 6 channels) was slower. Layers whose channels are already multiples of 8
 (S2, S3, the VGG at width 1) run the plain convolution.
 """

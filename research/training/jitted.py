@@ -72,7 +72,7 @@ def one_at_a_time_on_cpu(fn, mesh):
   machine's cores. With several devices and the next step already queued, the threads
   can all be taken by devices waiting in the gradient all-reduce for a device that has
   no thread left: the process hangs, then aborts after 40 s (jax 0.10.2, 2 cores, 2 to 8
-  simulated devices; tests/test_training.py). One program in flight at a time avoids
+  simulated devices; tests/test_cli.py runs the README's 8-device command). One program in flight at a time avoids
   it, at little cost: a CPU device computes while it waits anyway."""
   if mesh.size == 1 or mesh.devices.flat[0].platform != "cpu":
     return fn
