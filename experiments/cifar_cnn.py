@@ -23,7 +23,9 @@ CIFAR-10 in ../shared/datasets, with other jobs sharing the machine):
   default  81.76% test accuracy (84.95% train), 606 s wall time, compile and per-epoch
            test evaluations included, on a quiet machine, after the max_pool tie change
            (82.18% and 681 s before it, with other jobs on the machine).
-  lenet    48.28% test, 36 s (with micro_batch_size=16; 48.31% and 42 s before it).
+  lenet    48.17% test, 25 s on a quiet machine, with micro_batch_size=16 and the
+           convolution padding of research/models/layers.py (48.28% and 36 s
+           with the micro-batches only; 48.31% and 42 s before both).
   seed_s5  68.02% test (78.31% train), 366 s.
   seed_s6  65.38% test (69.68% train), 471 s.
   (seed_s5 and seed_s6 predate the max_pool tie change and were not re-run.)
