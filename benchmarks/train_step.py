@@ -54,6 +54,7 @@ flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measur
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = torch's default).")
 flags.DEFINE_string("json_out", "", "Also write the results as JSON to this path.")
 
+
 def _timed(loop):
   """run(steps) -> seconds, with `loop(steps)` doing the work and blocking at the end."""
   def run(steps: int) -> float:
