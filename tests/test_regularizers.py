@@ -299,6 +299,46 @@ def test_micro_batch_that_does_not_divide_a_device_shard_names_the_keys():
 def test_micro_batches_are_refused_with_batch_norm(tmp_path, tiny_folder):
   config = tiny_config(tiny_folder)
   config.model, config.batch_norm, config.micro_batch_size = "mlp", "on", 2
-  with pytest.raises(errors.ConfigError, match="micro_batch_size.*BatchNorm"):
+  with pytest.raises(errors.ConfigError, match="micro_batch_size.*ghost_batch_norm=True"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_ghost_batch_norm_normalises_each_slice_and_chains_the_averages():
+  """With BatchNorm, slice i is normalised with its own statistics and starts from the
+  running averages that slice i-1 left: the step equals that sequence done by hand."""
+  model = create_model("mlp", input_shape=(4, 4, 1), num_classes=3, seed=0,
+                       widths=(8,), batch_norm=True)
+  state = create_train_state(model, optax.sgd(0.1))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(8, 4, 4, 1)).astype(np.float32))
+  labels = jnp.asarray(rng.integers(0, 3, 8).astype(np.int32))
+  new_state, metrics = jax.jit(train_step, static_argnums=3)(
+      state, {"image": images, "label": labels}, jax.random.key(0),
+      StepConfig(micro_batches=2))
+
+  def slice_loss(params, batch_stats, part):
+    logits, stats = apply_model(state, params, images[part], train=True,
+                                batch_stats=batch_stats)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels[part]).mean(), stats
+
+  grad = jax.value_and_grad(slice_loss, has_aux=True)
+  (loss0, stats0), g0 = grad(state.params, state.batch_stats, slice(0, 4))
+  (loss1, stats1), g1 = grad(state.params, stats0, slice(4, 8))
+  np.testing.assert_allclose(metrics["loss"], (loss0 + loss1) / 2, rtol=1e-6)
+  chex.assert_trees_all_close(new_state.batch_stats, stats1, rtol=1e-6)
+  expected = jax.tree.map(lambda p, a, b: p - 0.1 * (a + b) / 2, state.params, g0, g1)
+  chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-7)
+  # Not the full-batch model: one batch of 8 normalises with other statistics.
+  full, _ = jax.jit(train_step, static_argnums=3)(
+      state, {"image": images, "label": labels}, jax.random.key(0), StepConfig())
+  assert not np.allclose(jax.tree.leaves(full.batch_stats)[0],
+                         jax.tree.leaves(new_state.batch_stats)[0])
+
+
+def test_ghost_batch_norm_run(tmp_path, tiny_folder):
+  config = tiny_config(tiny_folder)
+  config.model, config.batch_norm, config.micro_batch_size = "mlp", "on", 4
+  config.ghost_batch_norm = True
+  _, summary = loop.run_training(config, tmp_path / "run")
+  assert summary["steps"] > 0 and np.isfinite(summary["test_loss"])

@@ -164,10 +164,12 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
                        num_classes=dataset.num_classes, seed=config.seed,
                        **configs.model_kwargs(config))
   cfg = step_config(config, mesh.size)
-  if cfg.micro_batches > 1 and jax.tree.leaves(nnx.state(model, nnx.BatchStat)):
+  if (cfg.micro_batches > 1 and not config.ghost_batch_norm
+      and jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
     raise errors.ConfigError(
-        "config.micro_batch_size is for models without BatchNorm (slices would have "
-        "their own BatchNorm statistics); set it to 0.")
+        "config.micro_batch_size with a BatchNorm model normalises each slice with its "
+        "own statistics: set config.ghost_batch_norm=True if that is what you want, or "
+        "config.micro_batch_size=0.")
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
   training = config.mode == "train"
   if training:

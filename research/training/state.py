@@ -32,10 +32,13 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> T
 
 
 def apply_model(state: TrainState, params: nnx.State, images: jax.Array, *,
-                train: bool, dropout_key: jax.Array | None = None):
-  """Returns (logits, updated BatchNorm statistics)."""
+                train: bool, dropout_key: jax.Array | None = None,
+                batch_stats: nnx.State | None = None):
+  """Returns (logits, updated BatchNorm statistics); the statistics start from
+  `batch_stats`, by default the state's."""
+  batch_stats = state.batch_stats if batch_stats is None else batch_stats
   # copy=True: fresh Variables at this trace level, which BatchNorm may then update.
-  model = nnx.merge(state.graphdef, params, state.batch_stats, copy=True)
+  model = nnx.merge(state.graphdef, params, batch_stats, copy=True)
   logits = model(images, train=train, dropout_key=dropout_key)
   _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return logits, batch_stats

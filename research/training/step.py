@@ -68,9 +68,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
     images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding,
                                 cfg.cutout_size)
 
-  def loss_fn(params, images, labels, dropout_key):
+  def loss_fn(params, images, labels, dropout_key, batch_stats=None):
     logits, batch_stats = apply_model(state, params, images, train=True,
-                                      dropout_key=dropout_key)
+                                      dropout_key=dropout_key, batch_stats=batch_stats)
     loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing).mean()
     if cfg.l1 or cfg.l2:
       loss = loss + penalty(params, cfg.l1, cfg.l2)
@@ -81,7 +81,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
     (loss, (logits, batch_stats)), grads = grad_fn(state.params, images, batch["label"],
                                                    dropout_key)
   else:
-    loss, logits, batch_stats, grads = _accumulate(grad_fn, state.params, images,
+    loss, logits, batch_stats, grads = _accumulate(grad_fn, state, images,
                                                    batch["label"], dropout_key, cfg)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
@@ -94,11 +94,13 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   return new_state, metrics
 
 
-def _accumulate(grad_fn, params, images, labels, dropout_key, cfg: StepConfig):
+def _accumulate(grad_fn, state, images, labels, dropout_key, cfg: StepConfig):
   """The mean loss and gradient over the batch, computed slice by slice: the same
-  numbers up to float rounding, for models without BatchNorm (whose statistics would
-  be per slice). Unrolled on purpose: on XLA:CPU the convolutions of a small slice run
-  much faster per image than those of a large batch (benchmarks/train_step.py).
+  numbers up to float rounding for models without BatchNorm. With BatchNorm each slice
+  is normalised with its own statistics ('ghost batch norm'), and the running averages
+  are updated slice after slice. Unrolled on purpose: on XLA:CPU the convolutions of a
+  small slice run much faster per image than those of a large batch
+  (benchmarks/train_step.py).
 
   Slice i takes rows i*s..(i+1)*s of every device's shard of the batch, so that each
   device works on its own rows and no slice moves data between devices."""
@@ -109,10 +111,11 @@ def _accumulate(grad_fn, params, images, labels, dropout_key, cfg: StepConfig):
     return x.reshape((-1,) + x.shape[2:])
 
   loss, grads, logits = 0.0, None, [None] * micro_batches
+  batch_stats = state.batch_stats
   for i in range(micro_batches):
     (part_loss, (logits[i], batch_stats)), part_grads = grad_fn(
-        params, part(images, i), part(labels, i),
-        None if dropout_key is None else jax.random.fold_in(dropout_key, i))
+        state.params, part(images, i), part(labels, i),
+        None if dropout_key is None else jax.random.fold_in(dropout_key, i), batch_stats)
     loss = loss + part_loss
     grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
   # Back to the batch's row order: (slice, shard, row) -> (shard, slice, row).
