@@ -2,7 +2,7 @@
 another on the same machine, with wall time (compilation included) and test accuracy.
 
     python -m benchmarks.end_to_end [--recipes=s2,s4] [--frameworks=ours,torch,keras]
-        [--epochs=N] [--train_subset=N] [--test_subset=N] [--json_out=PATH]
+        [--repeats=N] [--epochs=N] [--train_subset=N] [--test_subset=N] [--json_out=PATH]
     python -m benchmarks.end_to_end --epochs=1 --train_subset=512 --test_subset=256  # smoke
 
 Recipes (../shared/reference/seed-recipes.md):
@@ -50,6 +50,9 @@ flags.DEFINE_integer("epochs", 0, "Epochs (0 = the recipe's).")
 flags.DEFINE_integer("train_subset", 0, "Train on this many images (0 = all).")
 flags.DEFINE_integer("test_subset", 0, "Test on this many images (0 = all).")
 flags.DEFINE_integer("seed", 0, "Seed of every framework's initialisation and order.")
+flags.DEFINE_integer("repeats", 1, "Runs of each framework per recipe, interleaved with the "
+                     "order rotated; the table shows the median wall time (the peers' "
+                     "times vary by up to 1.5x from run to run here).")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = torch's default).")
 flags.DEFINE_string("json_out", "", "Also write the results as JSON to this path.")
 flags.DEFINE_bool("warm_cache", False, "Let ours load compiled programs from the persistent "
@@ -118,16 +121,26 @@ def available(frameworks: list[str], explicit: bool) -> list[str]:
   return chosen
 
 
+def median_run(runs: list[dict]) -> dict:
+  """The run with the median wall time (the lower middle one for an even count), with
+  every run's wall time beside it."""
+  ordered = sorted(runs, key=lambda r: r["wall_time_s"])
+  return ordered[(len(ordered) - 1) // 2] | {
+      "wall_times_s": [r["wall_time_s"] for r in runs]}
+
+
 def table(rows: list[dict]) -> str:
-  headers = ["recipe", "framework", "epochs", "train images", "wall s", "train s",
-             "test acc", "ours faster by"]
+  headers = ["recipe", "framework", "epochs", "train images", "wall s", "all runs' wall s",
+             "train s", "test acc", "ours faster by"]
   out = []
   for r in rows:
     ours = next((o for o in rows if o["recipe"] == r["recipe"] and o["framework"] == "ours"),
                 None)
     speedup = common.ratio(r["wall_time_s"], ours["wall_time_s"]) if ours else None
     out.append([r["label"], r["framework"], str(r["epochs"]), f"{r['train_images']:,}",
-                common.fmt(r["wall_time_s"], ".1f"), common.fmt(r["train_time_s"], ".1f"),
+                common.fmt(r["wall_time_s"], ".1f"),
+                ", ".join(f"{t:.1f}" for t in r["wall_times_s"]),
+                common.fmt(r["train_time_s"], ".1f"),
                 f"{100 * r['test_accuracy']:.2f}%",
                 common.fmt(speedup, ".2f") + ("x" if speedup else "")])
   return common.markdown_table(headers, out)
@@ -157,17 +170,22 @@ def main(argv):
     print(f"{label}: data loaded in {loads[recipe]:.1f} s ({len(dataset.train.labels):,} "
           f"train, {len(dataset.test.labels):,} test images; not in the wall times)",
           file=sys.stderr, flush=True)
+    runs = {name: [] for name in frameworks}
+    for repeat in range(FLAGS.repeats):
+      for i in range(len(frameworks)):   # the order rotates with the repeat
+        name = frameworks[(i + repeat) % len(frameworks)]
+        result = run_framework(name, recipe, config, dataset)
+        runs[name].append(result)
+        print(f"  {name}: {result['wall_time_s']:.1f} s, test accuracy "
+              f"{result['test_accuracy']:.2%}", file=sys.stderr, flush=True)
     for name in frameworks:
-      result = run_framework(name, recipe, config, dataset)
-      result.update(recipe=recipe, label=label, framework=name, epochs=config.num_epochs,
-                    train_images=len(dataset.train.labels),
-                    test_images=len(dataset.test.labels))
-      rows.append(result)
-      print(f"  {name}: {result['wall_time_s']:.1f} s, test accuracy "
-            f"{result['test_accuracy']:.2%}", file=sys.stderr, flush=True)
+      rows.append(median_run(runs[name]) | dict(
+          recipe=recipe, label=label, framework=name, epochs=config.num_epochs,
+          train_images=len(dataset.train.labels), test_images=len(dataset.test.labels)))
   print()
-  print("End to end, run one after another; wall s: model built to test accuracy, "
-        "compilation included, data loading excluded; train s: the training loop alone "
+  print(f"End to end, run one after another, {FLAGS.repeats} run(s) each; wall s: model "
+        "built to test accuracy, compilation included, data loading excluded (the median "
+        "run's; train s and test acc are that run's); train s: the training loop alone "
         "(for ours, from its summary); ours faster by: their wall / our wall.")
   print()
   print(table(rows))

@@ -120,7 +120,7 @@ def test_profile_step_smoke(tmp_path):
 
 def test_end_to_end_benchmark_smoke(tmp_path, data_dir):
   out = tmp_path / "e2e.json"
-  stdout = _run(["benchmarks.end_to_end", "--recipes=s2,s4", "--epochs=1",
+  stdout = _run(["benchmarks.end_to_end", "--recipes=s2,s4", "--epochs=1", "--repeats=2",
                  "--train_subset=256", "--test_subset=128", f"--json_out={out}"],
                 env={"RESEARCH_DATA_DIR": str(data_dir)})
   assert "| S2 MNIST CNN" in stdout and "| S4 LeNet-5" in stdout
@@ -132,6 +132,7 @@ def test_end_to_end_benchmark_smoke(tmp_path, data_dir):
   for r in rows:
     assert r["train_images"] == 256 and r["test_images"] == 128 and r["epochs"] == 1
     assert 0.0 <= r["test_accuracy"] <= 1.0 and r["wall_time_s"] > 0
+    assert len(r["wall_times_s"]) == 2 and r["wall_time_s"] == min(r["wall_times_s"])
 
 
 def test_markdown_table_and_ratio():
