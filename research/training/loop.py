@@ -152,6 +152,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   dataset = load_data(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
+  cfg = step_config(config, mesh.size)   # checks micro_batch_size against each shard
   steps_per_epoch = len(dataset.train.labels) // config.batch_size
   if steps_per_epoch == 0:
     raise errors.ConfigError(f"config.batch_size={config.batch_size} is larger than the "
@@ -163,7 +164,6 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   model = create_model(config.model, input_shape=dataset.image_shape,
                        num_classes=dataset.num_classes, seed=config.seed,
                        **configs.model_kwargs(config))
-  cfg = step_config(config, mesh.size)
   if (cfg.micro_batches > 1 and not config.ghost_batch_norm
       and jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
     raise errors.ConfigError(
