@@ -13,6 +13,7 @@ from research import preprocess
 from research.models import MODELS
 from research.models import accepts
 from research.training import losses
+from research.training import jitted
 from research.training import optim
 from research import errors
 
@@ -85,6 +86,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 772 to 1,137 images/s with slices of 16 (interleaved repeats, 2-core CPU).
   c.ghost_batch_norm = False
   c.eval_batch_size = 1000
+  # The library XLA:CPU runs convolutions with: 'ynnpack' (XLA's default), 'eigen', or
+  # 'auto': Eigen for calls of 64 or more rows per device, where YNNPACK got slower per
+  # image as the batch grew (the VGG step at batch 128 ran 1.45x faster on Eigen, S4
+  # without micro-batches 1.8x); YNNPACK below, where it was as fast or faster (S2 with
+  # slices of 16: 1.1x to 1.5x). Results differ in float rounding only. No effect on GPU/TPU.
+  c.cpu_convolutions = "auto"
   c.num_epochs = 10
   c.seed = 0
   c.num_devices = 0               # 0 = every local device
@@ -137,6 +144,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "lr_schedule", optim.SCHEDULES)
   _check_choice(config, "loss", losses.LOSSES)
   _check_choice(config, "data_source", DATA_SOURCES)
+  _check_choice(config, "cpu_convolutions", jitted.CPU_CONVOLUTIONS)
   preprocess.parse_augment(config.augment)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)

@@ -10,6 +10,7 @@ in Python. GPU and TPU have not been measured; re-run the benchmark there before
 
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,6 +24,10 @@ from research.training.step import StepConfig, eval_step, train_step
 # Independent random streams, each folded with the step or epoch.
 _STEP_STREAM, _SHUFFLE_STREAM = 0, 1
 
+CPU_CONVOLUTIONS = ("auto", "ynnpack", "eigen")
+# 'auto' picks Eigen from this many rows per device and call (one micro-batch slice).
+EIGEN_FROM_ROWS = 64
+
 
 def step_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> StepConfig:
   return StepConfig(loss=config.loss, label_smoothing=float(config.label_smoothing),
@@ -32,7 +37,7 @@ def step_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> Step
                     cutout_size=int(config.cutout_size), l1=float(config.l1),
                     l2=float(config.l2), max_norm=float(config.max_norm),
                     micro_batches=micro_batches(config, num_devices),
-                    data_shards=num_devices)
+                    data_shards=num_devices, cpu_convolutions=config.cpu_convolutions)
 
 
 def micro_batches(config: ml_collections.ConfigDict, num_devices: int) -> int:
@@ -49,13 +54,55 @@ def micro_batches(config: ml_collections.ConfigDict, num_devices: int) -> int:
   return shard // size
 
 
+def cpu_compiler_options(choice: str, rows: int, mesh) -> dict:
+  """`jax.jit` compiler options that give XLA:CPU's convolutions to YNNPACK (XLA's
+  default in jax 0.10.2) or to XLA's Eigen kernels; `rows` is what each device's call
+  holds. Measured on a 2-core Xeon (AVX-512), interleaved repeats of our train step
+  (benchmarks/train_step.py's), Eigen against YNNPACK:
+  - VGG (cifar_cnn's default), whole batch: 0.86x at 32 rows, 1.39x at 64, 1.45x at 128,
+    1.58x at 512; its inference at batch 1000: 1.43x;
+  - S4 LeNet-5, whole batch: 1.22x at 32, 1.54x at 64, 1.79x at 128, 3.75x at 512;
+  - S2 with slices of 16 or 32 rows: 0.64x to 0.94x; S4 with slices of 16: 0.97x-1.01x.
+  YNNPACK's kernel gradients got slower per image as the rows grew (S4's first layer,
+  128 images: 13 ms against Eigen's 3.2 ms), and Eigen's did not. Dots stay on YNNPACK
+  either way. The two differ in float rounding only. Other platforms ignore this."""
+  if mesh.devices.flat[0].platform != "cpu":
+    return {}
+  if choice == "auto":
+    choice = "eigen" if rows >= EIGEN_FROM_ROWS else "ynnpack"
+  if choice == "ynnpack" or not _eigen_option_accepted():
+    return {}
+  return _EIGEN_CONVOLUTIONS
+
+
+# XLA's default list of YNNPACK fusions without the convolutions: the optimised HLO equals
+# that of XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution.
+_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def _eigen_option_accepted() -> bool:
+  """Whether this jaxlib takes the option: it is experimental and may be renamed."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_EIGEN_CONVOLUTIONS).lower(
+        jnp.zeros(())).compile()
+  except jax.errors.JaxRuntimeError as e:
+    logging.warning("config.cpu_convolutions: this jaxlib does not take %s (%s); "
+                    "XLA's default convolutions are used.", _EIGEN_CONVOLUTIONS, e)
+    return False
+  return True
+
+
 def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int):
   """A jitted (state, images, labels, perm, index) -> (state, metrics) that trains on
   batch `index` of the permutation `perm`."""
   step_key = jax.random.fold_in(jax.random.key(seed), _STEP_STREAM)
   batch_sharding = sharding.batch_sharded(mesh)
+  rows = batch_size // (cfg.data_shards * cfg.micro_batches)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0, compiler_options=cpu_compiler_options(
+      cfg.cpu_convolutions, rows, mesh))
   def train_on_batch(state, images, labels, perm, index):
     idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
@@ -98,7 +145,8 @@ def _permutation(key, size):
 def make_eval_fn(cfg: StepConfig, mesh, batch_size: int):
   batch_sharding = sharding.batch_sharded(mesh)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=cpu_compiler_options(
+      cfg.cpu_convolutions, batch_size // mesh.size, mesh))
   def eval_batch(state, images, labels, order, index):
     idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)

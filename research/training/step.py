@@ -30,6 +30,7 @@ class StepConfig:
   max_norm: float = 0.0
   micro_batches: int = 1   # gradients accumulated over this many slices of each shard
   data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
+  cpu_convolutions: str = "auto"   # research/training/jitted.py cpu_compiler_options
 
 
 def _kernels(params) -> list[jax.Array]:
