@@ -7,6 +7,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -116,6 +117,17 @@ def test_profile_step_smoke(tmp_path):
                  "--top=40", f"--trace_dir={tmp_path}"])
   assert "| f32[16,28,28,8] " in stdout and "jvp()/conv_general_dilated" in stdout
   assert list(tmp_path.glob("**/*.trace.json.gz"))
+
+
+def test_scan_vs_loop_smoke():
+  """Both variants run, and the printed reason holds: XLA:CPU leaves the gradient
+  convolutions inside `lax.scan` in an order its fast kernels do not take. If the scan
+  line shows 0, XLA has changed: re-measure before keeping the Python loop."""
+  stdout = _run(["benchmarks.scan_vs_loop", "--steps=2", "--repeats=1"])
+  loop = re.search(r"python loop .* order: (\d+)", stdout)
+  scan = re.search(r"lax\.scan .* order: (\d+)", stdout)
+  assert loop and scan and "loop / scan = " in stdout, stdout
+  assert int(loop[1]) == 0 and int(scan[1]) > 0, stdout
 
 
 def test_end_to_end_benchmark_smoke(tmp_path, data_dir):

@@ -5,7 +5,10 @@ gathers its own batch from an on-device permutation, and metrics stay on the dev
 a log step fetches them. On XLA:CPU a Python loop over one jitted step ran 8x faster than
 `lax.scan` over the same steps (S2 CNN, batch 64, 2-core AMD EPYC, jax 0.10.2: 3,013
 against 370 images/s, `python -m benchmarks.scan_vs_loop`), so the loop over steps stays
-in Python. GPU and TPU have not been measured; re-run the benchmark there before fusing.
+in Python: XLA:CPU puts convolutions into the order its fast kernels take only in a
+program's entry computation, not inside a while loop, so the gradient convolutions of a
+scanned step run as generic loops (benchmarks/scan_vs_loop.py has the details). GPU and
+TPU have not been measured; re-run the benchmark there before fusing.
 """
 
 import functools
