@@ -11,8 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from research import configs
+from research import configs, sharding
+from research.models import create_model
 from research.training import jitted, loop, optim
+from research.training.state import create_train_state
 from research.training.step import train_step
 
 from conftest import REPO
@@ -196,6 +198,23 @@ def test_cpu_convolutions_choose_the_library_by_rows():
                              atol=1e-5 * np.abs(reference).max())
   gpu = type("Mesh", (), {"devices": np.array([type("Dev", (), {"platform": "gpu"})])})
   assert jitted.cpu_compiler_options("eigen", 512, gpu) == {}
+
+
+@pytest.mark.parametrize("micro_batch_size, on_ynnpack", [(0, False), (16, True)])
+def test_run_step_picks_the_convolution_library_by_rows_per_call(micro_batch_size,
+                                                                 on_ynnpack):
+  """The loop's train step at batch 64: Eigen for the whole batch, YNNPACK for slices
+  of 16 (config.cpu_convolutions='auto')."""
+  c = configs.base_config()
+  c.model, c.batch_size, c.micro_batch_size = "mnist_cnn", 64, micro_batch_size
+  mesh = sharding.make_mesh(1)
+  model = create_model(c.model, input_shape=(28, 28, 1), num_classes=10, seed=0)
+  state = create_train_state(model, optim.create_optimizer(c, steps_per_epoch=1)[0])
+  train_fn = jitted.make_train_fn(jitted.step_config(c, 1), mesh, c.batch_size, seed=0)
+  data = (jnp.zeros((64, 28, 28, 1), jnp.uint8), jnp.zeros(64, jnp.int32),
+          jnp.arange(64, dtype=jnp.int32))
+  hlo = train_fn.lower(state, *data, 0).compile().as_text()
+  assert (_ynnpack_convolutions(hlo) > 0) == on_ynnpack
 
 
 EIGHT_VS_ONE = """

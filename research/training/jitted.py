@@ -75,7 +75,7 @@ def cpu_compiler_options(choice: str, rows: int, mesh) -> dict:
     choice = "eigen" if rows >= EIGEN_FROM_ROWS else "ynnpack"
   if choice == "ynnpack" or not _eigen_option_accepted():
     return {}
-  return _EIGEN_CONVOLUTIONS
+  return dict(_EIGEN_CONVOLUTIONS)
 
 
 # XLA's default list of YNNPACK fusions without the convolutions: the optimised HLO equals
