@@ -36,6 +36,9 @@ from research.training import jitted, optim
 from research.training.state import create_train_state
 from research.training.step import StepConfig
 
+# The one order of convolution dimensions that XLA:CPU's Eigen and YNNPACK kernels take.
+CANONICAL = "b01f_01io->b01f"
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "mnist_cnn", "Registered model name.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
@@ -92,13 +95,10 @@ def main(_):
 
 
 def non_canonical_convolutions(hlo_text: str) -> list[str]:
-  """The dimension labels of every convolution in an optimised HLO module whose order
-  XLA:CPU's Eigen and YNNPACK kernels do not take."""
+  """The dimension labels of every convolution in an optimised HLO module that is not
+  in the CANONICAL order."""
   labels = re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", hlo_text)
   return [x for x in labels if x != CANONICAL]
-
-
-CANONICAL = "b01f_01io->b01f"
 
 
 if __name__ == "__main__":

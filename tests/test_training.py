@@ -175,7 +175,7 @@ def test_cpu_convolutions_choose_the_library_by_rows():
   """config.cpu_convolutions reaches XLA: 'eigen' (and 'auto' at >= 64 rows) leaves no
   convolution to YNNPACK, which XLA:CPU gives the kernel gradient to by default (jax
   0.10.2; if that assertion fails, XLA changed its default: re-measure the choice)."""
-  mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), ("data",))
+  mesh = sharding.make_mesh(1)
 
   def kernel_grad(x, w):
     conv = lambda w: jax.lax.conv_general_dilated(
