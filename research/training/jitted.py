@@ -63,7 +63,8 @@ def cpu_compiler_options(choice: str, rows: int, mesh) -> dict:
   holds. Measured on a 2-core Xeon (AVX-512), interleaved repeats of our train step
   (benchmarks/train_step.py's), Eigen against YNNPACK:
   - VGG (cifar_cnn's default), whole batch: 0.86x at 32 rows, 1.39x at 64, 1.45x at 128,
-    1.58x at 512; its inference at batch 1000: 1.43x;
+    1.58x at 512;
+  - inference at batch 1000: VGG 1.39x, S2 2.25x, S4 1.00x;
   - S4 LeNet-5, whole batch: 1.22x at 32, 1.54x at 64, 1.79x at 128, 3.75x at 512;
   - S2 with slices of 16 or 32 rows: 0.64x to 0.94x; S4 with slices of 16: 0.97x-1.01x.
   YNNPACK's kernel gradients got slower per image as the rows grew (S4's first layer,
