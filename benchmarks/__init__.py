@@ -5,8 +5,12 @@
                   fraction of a measured matmul peak (S1, S2, S4, VGG; batch 32/128/512)
     end_to_end    the S2 and S4 seed recipes run to completion by each framework: wall
                   time (compilation included) and test accuracy side by side
-    scan_vs_loop  a Python loop over the jitted step against `lax.scan` over the steps
+    profile_step  our train step's time per XLA operation, from a jax.profiler trace
+    scan_vs_loop  a Python loop over the jitted step against `lax.scan` over the steps,
+                  and the convolutions XLA:CPU leaves out of its fast kernels' order
+    scan_conv_grads  one convolution's gradients, plain and inside `lax.scan`, from
+                  autodiff and from a custom VJP in that order
 
-Helpers: `common` (interleaved repeats, medians, matmul peak, machine, tables),
+Helpers: `workloads` (the seed models and our step as the loop builds it), `common` (interleaved repeats, medians, matmul peak, machine, tables),
 `torch_peers` and `keras_peers` (the peers; `pip install -e '.[bench]'`).
 """
