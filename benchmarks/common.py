@@ -118,6 +118,17 @@ def compiled_flops(jitted, *args) -> float | None:
 
 # --- The machine.
 
+# The one order of convolution dimensions that XLA:CPU's Eigen and YNNPACK kernels take.
+CANONICAL_CONVOLUTION = "b01f_01io->b01f"
+
+
+def non_canonical_convolutions(hlo_text: str) -> list[str]:
+  """The dimension labels of every convolution in an optimised HLO module that is not in
+  CANONICAL_CONVOLUTION's order (benchmarks/scan_vs_loop.py explains why it matters)."""
+  labels = re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", hlo_text)
+  return [x for x in labels if x != CANONICAL_CONVOLUTION]
+
+
 def cpu_model() -> str:
   try:
     with open("/proc/cpuinfo") as f:

@@ -16,7 +16,6 @@ gradients took 7.9 ms per plain call and 308 ms per scan iteration; canonical_co
 stride 1 and 'VALID' here; see issue 5's note).
 """
 
-import re
 import statistics
 import time
 
@@ -27,13 +26,14 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 64, "Images per call.")
 flags.DEFINE_integer("iterations", 10, "Calls, and scan iterations, per timed repeat.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-CANONICAL = "b01f_01io->b01f"
 
 
 def conv(x, w):
@@ -63,11 +63,6 @@ def _canonical_conv_bwd(residuals, g):
 
 
 canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
-
-
-def non_canonical(compiled) -> list[str]:
-  labels = re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", compiled.as_text())
-  return sorted({x for x in labels if x != CANONICAL})
 
 
 def variants(conv_fn, n: int):
@@ -106,8 +101,9 @@ def main(_):
           out = compiled(x, w, g)
         jax.block_until_ready(out)
         times.append((time.perf_counter() - start) * 1000 / n)
+      odd = sorted(set(common.non_canonical_convolutions(compiled.as_text())))
       print(f"  {name:15s} {kind:9s} {statistics.median(times):9.2f} ms; convolutions not "
-            f"in NHWC/HWIO order: {non_canonical(compiled)}")
+            f"in NHWC/HWIO order: {odd}")
     results[name] = plain(x, w, g)
   diff = max(float(np.max(np.abs(a - c))) for a, c in
              zip(results["autodiff"], results["canonical_conv"]))

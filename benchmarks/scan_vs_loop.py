@@ -20,7 +20,6 @@ Xeon, jax 0.10.2, either convolution library).
 """
 
 import functools
-import re
 import statistics
 import time
 
@@ -30,14 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from research import configs, sharding
 from research.models import create_model
 from research.training import jitted, optim
 from research.training.state import create_train_state
 from research.training.step import StepConfig
-
-# The one order of convolution dimensions that XLA:CPU's Eigen and YNNPACK kernels take.
-CANONICAL = "b01f_01io->b01f"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "mnist_cnn", "Registered model name.")
@@ -88,17 +85,10 @@ def main(_):
          "lax.scan": run_scan.lower(state).compile().as_text()}
   print(f"{FLAGS.model}, batch {FLAGS.batch_size}, {jax.devices()[0].platform}:")
   for name, rate in rates.items():
-    odd = non_canonical_convolutions(hlo[name])
+    odd = common.non_canonical_convolutions(hlo[name])
     print(f"  {name:12s} {rate:10,.0f} images/s; convolutions not in NHWC/HWIO order: "
           f"{len(odd)} {sorted(set(odd))}")
   print(f"  loop / scan = {rates['python loop'] / rates['lax.scan']:.2f}")
-
-
-def non_canonical_convolutions(hlo_text: str) -> list[str]:
-  """The dimension labels of every convolution in an optimised HLO module that is not
-  in the CANONICAL order."""
-  labels = re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", hlo_text)
-  return [x for x in labels if x != CANONICAL]
 
 
 if __name__ == "__main__":
