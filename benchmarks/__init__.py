@@ -11,6 +11,7 @@
     scan_conv_grads  one convolution's gradients, plain and inside `lax.scan`, from
                   autodiff and from a custom VJP in that order
 
-Helpers: `workloads` (the seed models and our step as the loop builds it), `common` (interleaved repeats, medians, matmul peak, machine, tables),
-`torch_peers` and `keras_peers` (the peers; `pip install -e '.[bench]'`).
+Helpers: `workloads` (the seed models and our step as the loop builds it), `common`
+(interleaved repeats, medians, matmul peak, machine, tables), `torch_peers` and
+`keras_peers` (the peers; `pip install -e '.[bench]'`).
 """

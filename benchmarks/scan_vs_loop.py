@@ -64,8 +64,8 @@ def main(_):
     return state, metrics
 
   # The step's own compiler options, which jax takes on the outermost jit only.
-  @functools.partial(jax.jit, compiler_options=jitted.cpu_compiler_options(
-      cfg.cpu_convolutions, FLAGS.batch_size, mesh))
+  @functools.partial(jax.jit, compiler_options=jitted.train_compiler_options(
+      cfg, mesh, FLAGS.batch_size))
   def run_scan(state):
     body = lambda s, i: step_fn.__wrapped__(s, images, labels, perm, i)
     return jax.lax.scan(body, state, jnp.arange(FLAGS.steps))

@@ -98,15 +98,21 @@ def _eigen_option_accepted() -> bool:
   return True
 
 
+def train_compiler_options(cfg: StepConfig, mesh, batch_size: int) -> dict:
+  """The train step's compiler options: each convolution call holds one micro-batch
+  slice of one device's shard."""
+  rows = batch_size // (cfg.data_shards * cfg.micro_batches)
+  return cpu_compiler_options(cfg.cpu_convolutions, rows, mesh)
+
+
 def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int):
   """A jitted (state, images, labels, perm, index) -> (state, metrics) that trains on
   batch `index` of the permutation `perm`."""
   step_key = jax.random.fold_in(jax.random.key(seed), _STEP_STREAM)
   batch_sharding = sharding.batch_sharded(mesh)
-  rows = batch_size // (cfg.data_shards * cfg.micro_batches)
 
-  @functools.partial(jax.jit, donate_argnums=0, compiler_options=cpu_compiler_options(
-      cfg.cpu_convolutions, rows, mesh))
+  @functools.partial(jax.jit, donate_argnums=0,
+                     compiler_options=train_compiler_options(cfg, mesh, batch_size))
   def train_on_batch(state, images, labels, perm, index):
     idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
