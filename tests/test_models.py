@@ -117,3 +117,65 @@ def test_jitted_construction_gives_the_eager_parameters(name, shape):
   jitted = nnx.state(create_model(name, input_shape=shape, num_classes=10, seed=3))
   eager = nnx.state(MODELS[name](input_shape=shape, num_classes=10, rngs=nnx.Rngs(params=3)))
   chex.assert_trees_all_equal(jitted, eager)
+
+
+@pytest.mark.parametrize("shape, kernel, padding", [((4, 12, 12, 3), (5, 5, 3, 6), "VALID"),
+                                                    ((4, 9, 11, 5), (3, 3, 5, 16), "SAME"),
+                                                    ((2, 8, 8, 4), (4, 2, 4, 8), "SAME"),
+                                                    ((2, 8, 8, 4), (3, 2, 4, 8),
+                                                     ((2, 0), (1, 3)))])
+def test_nhwc_conv_gradients_are_autodiffs_also_inside_scan(shape, kernel, padding):
+  """nhwc_conv's own gradients equal autodiff's bitwise, also as the body of lax.scan,
+  where they stay in the NHWC/HWIO order of XLA:CPU's kernels for 'VALID' and 'SAME'
+  padding (with some explicit, uneven paddings XLA folds a transpose back into one of
+  them: correct, and slow)."""
+  from benchmarks.common import non_canonical_convolutions
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x, w = jax.random.normal(kx, shape), jax.random.normal(kw, kernel)
+  plain = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = lambda x, w: layers.nhwc_conv(x, w, (1, 1), padding)
+  g = jax.random.normal(kg, plain(x, w).shape)
+  np.testing.assert_array_equal(ours(x, w), plain(x, w))
+
+  def grads(conv, scanned):
+    vjp = lambda x, w, g: jax.vjp(conv, x, w)[1](g)
+    if not scanned:
+      return jax.jit(vjp)
+
+    def scan(x, w, g):
+      def body(total, shift):   # shifted inputs: nothing can be hoisted out of the loop
+        return jax.tree.map(jnp.add, total, vjp(x + shift, w, g)), None
+      return jax.lax.scan(body, (jnp.zeros_like(x), jnp.zeros_like(w)), jnp.zeros(2))[0]
+    return jax.jit(scan)
+
+  expected = grads(plain, False)(x, w, g)
+  chex.assert_trees_all_equal(grads(ours, False)(x, w, g), expected)
+  # Two iterations that add the same gradients: exactly twice the plain call's. Autodiff's
+  # own scanned gradients run on XLA's generic loops and differ in rounding.
+  twice = jax.tree.map(lambda a: a + a, expected)
+  chex.assert_trees_all_equal(grads(ours, True)(x, w, g), twice)
+  chex.assert_trees_all_close(grads(plain, True)(x, w, g), twice, rtol=1e-4, atol=1e-4)
+  hlo = grads(ours, True).lower(x, w, g).compile().as_text()
+  assert "convolution(" in hlo
+  assert non_canonical_convolutions(hlo) == [] or not isinstance(padding, str)
+  assert non_canonical_convolutions(grads(plain, True).lower(x, w, g).compile().as_text())
+
+
+def test_conv_layer_takes_nhwc_conv_on_cpu_only_where_it_applies():
+  """Stride 1, NHWC/HWIO, no dilation or groups: nhwc_conv; anything else: lax's."""
+  x, w = jnp.zeros((1, 6, 6, 2)), jnp.zeros((3, 3, 2, 8))
+  assert layers._nhwc_applies(x, w, (1, 1), "SAME", dimension_numbers=
+                              jax.lax.conv_dimension_numbers(x.shape, w.shape,
+                                                             ("NHWC", "HWIO", "NHWC")))
+  assert not layers._nhwc_applies(x, w, (2, 2), "SAME")
+  assert not layers._nhwc_applies(x, w, (1, 1), "SAME", rhs_dilation=(2, 2))
+  assert not layers._nhwc_applies(x, jnp.zeros((3, 3, 1, 8)), (1, 1), "SAME",
+                                  feature_group_count=2)
+  assert not layers._nhwc_applies(x, w, (1, 1), "SAME", dimension_numbers=
+                                  ("NCHW", "OIHW", "NCHW"))
+  strided = nnx.Conv(2, 8, (3, 3), strides=2, conv_general_dilated=layers.padded_conv,
+                     rngs=nnx.Rngs(0))
+  plain = nnx.Conv(2, 8, (3, 3), strides=2, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (1, 6, 6, 2))
+  np.testing.assert_array_equal(strided(x), plain(x))

@@ -18,6 +18,15 @@ from 4.4k to 6.1k images/s at batch 32 and from 6.9k to 8.0k at batch 128 (one
 interleaved run each, 2-core AMD EPYC). Padding the input channels too (for the gradient of S4's second
 convolution, 6 channels) was slower. Layers whose channels are already multiples of 8
 (S2, S3, the VGG at width 1) run the plain convolution.
+
+On XLA:CPU, `conv` also writes its own gradients (`nhwc_conv`): the same convolutions as
+autodiff's, but put into the one dimension order (NHWC input, HWIO kernel, NHWC output)
+that XLA:CPU's convolution kernels take, by explicit transposes. XLA:CPU transposes
+autodiff's gradient convolutions into that order only in a program's entry computation;
+inside a while loop (several train steps in one call, `lax.scan`) they stay as they are
+and run as generic loops, 40x slower (benchmarks/scan_vs_loop.py). The gradients are
+bitwise those of autodiff on CPU (tests/test_models.py). Other backends take autodiff's
+convolutions: their compilers arrange layouts everywhere, and they were not measured.
 """
 
 import functools
@@ -96,13 +105,73 @@ def conv(in_features: int, out_features: int, kernel: int, *, padding: str,
 
 def padded_conv(lhs: jax.Array, rhs: jax.Array, *args, **kwargs) -> jax.Array:
   """`lax.conv_general_dilated` for an HWIO kernel, with zero filters added up to a
-  multiple of CHANNEL_MULTIPLE output channels and their outputs sliced off."""
+  multiple of CHANNEL_MULTIPLE output channels and their outputs sliced off; on CPU
+  with `nhwc_conv`'s gradients where it applies."""
   out = rhs.shape[-1]
   extra = -out % CHANNEL_MULTIPLE
-  if not extra:
-    return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
-  rhs = jnp.pad(rhs, [(0, 0)] * (rhs.ndim - 1) + [(0, extra)])
-  return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)[..., :out]
+  if extra:
+    rhs = jnp.pad(rhs, [(0, 0)] * (rhs.ndim - 1) + [(0, extra)])
+  on_cpu = jax.default_backend() == "cpu"
+  conv_fn = (nhwc_conv if on_cpu and _nhwc_applies(lhs, rhs, *args, **kwargs)
+             else jax.lax.conv_general_dilated)
+  y = conv_fn(lhs, rhs, *args, **kwargs)
+  return y[..., :out] if extra else y
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _nhwc_applies(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                  rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                  precision=None, out_sharding=None, **others) -> bool:
+  """Whether `nhwc_conv` computes this call: a plain 2-D NHWC/HWIO convolution."""
+  ones = lambda xs: xs is None or all(x == 1 for x in xs)
+  return (lhs.ndim == 4 and not others and out_sharding is None and feature_group_count == 1
+          and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+          and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+          == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
+
+
+def nhwc_conv(lhs, rhs, window_strides, padding, *, precision=None, **unused) -> jax.Array:
+  """A stride-1 NHWC/HWIO convolution (`padding` 'SAME', 'VALID' or pairs) whose
+  gradients are NHWC/HWIO convolutions too; the other arguments are checked by
+  `_nhwc_applies`."""
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides,
+                                      padding)
+  return _nhwc_conv(lhs, rhs, tuple(map(tuple, padding)), precision)
+
+
+def _conv_nhwc(x, w, padding, precision):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC,
+                                      precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _nhwc_conv(x, w, padding, precision):
+  return _conv_nhwc(x, w, padding, precision)
+
+
+def _nhwc_conv_fwd(x, w, padding, precision):
+  return _conv_nhwc(x, w, padding, precision), (x, w)
+
+
+def _nhwc_conv_bwd(padding, precision, residuals, g):
+  x, w = residuals
+  kh, kw = w.shape[:2]
+  (top, bottom), (left, right) = padding
+  # Kernel gradient: the input channels play the batch and the images the input
+  # channels, correlated with the output gradient as a kernel of the output's size.
+  dw = _conv_nhwc(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)),
+                  padding, precision)
+  # Input gradient: a full correlation with the flipped kernel, its channel axes swapped.
+  flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+  dx = _conv_nhwc(g, flipped, ((kh - 1 - top, kh - 1 - bottom),
+                               (kw - 1 - left, kw - 1 - right)), precision)
+  return dx, jnp.transpose(dw, (1, 2, 0, 3))
+
+
+_nhwc_conv.defvjp(_nhwc_conv_fwd, _nhwc_conv_bwd)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None, train: bool) -> jax.Array:
