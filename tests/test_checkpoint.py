@@ -118,6 +118,19 @@ def test_sigterm_saves_at_the_current_step_and_exits_3(reference, tmp_path):
   assert_same_run(workdir, reference)
 
 
+def test_several_steps_per_call_resume_exactly(reference, tmp_path):
+  """Calls of several steps (cut at logs and checkpoints), stopped by SIGTERM and resumed
+  with another number of steps per call: still bitwise the reference run's."""
+  workdir = tmp_path / "run"
+  code, out = run(workdir, "--config.steps_per_call=4",
+                  env={checkpoint.SIGNAL_AT_STEP_ENV: "12:TERM"})
+  assert code == 3 and f"stopped at step 12 of {TOTAL}" in out, out[-3000:]
+  code, out = run(workdir, "--config.steps_per_call=7")
+  assert code == 0, out[-3000:]
+  assert "resuming from checkpoint step 12 " in out and "steps_per_call: 4 -> 7" in out
+  assert_same_run(workdir, reference)
+
+
 def test_external_sigterm_during_training(tmp_path, data_dir):
   workdir = tmp_path / "run"
   proc = start(workdir, "--config.num_epochs=200", "--config.checkpoint_every_steps=0",

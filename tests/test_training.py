@@ -44,7 +44,11 @@ def test_same_seed_gives_bitwise_identical_params(tiny_folder, tmp_path):
   assert any(not np.array_equal(x, z) for x, z in zip(params_of(a), params_of(c)))
 
 
-def test_train_step_compiles_once_per_run(tiny_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_train_step_compiles_once_per_run(tiny_folder, tmp_path, monkeypatch,
+                                          steps_per_call):
+  """Also with several steps per call, where calls of 1 and 2 steps alternate (epochs of
+  3 steps): the step count is an argument of one program."""
   traces = []
 
   def counting_step(*args):
@@ -52,9 +56,32 @@ def test_train_step_compiles_once_per_run(tiny_folder, tmp_path, monkeypatch):
     return train_step(*args)
 
   monkeypatch.setattr(jitted, "train_step", counting_step)
-  _, summary = loop.run_training(tiny_config(tiny_folder, num_epochs=3), tmp_path / "run")
+  c = tiny_config(tiny_folder, num_epochs=3, log_every_steps=10,
+                  steps_per_call=steps_per_call)
+  _, summary = loop.run_training(c, tmp_path / "run")
   assert summary["steps"] == 9
   assert len(traces) == 1
+
+
+def test_steps_per_call_gives_bitwise_the_same_run(data_dir, tmp_path):
+  """The S2 CNN on real MNIST with micro-batches: 1, 4 and 32 steps per call (calls cut
+  short at logs and epoch ends) give bitwise the same parameters and train metrics."""
+  runs = {}
+  for k in (1, 4, 32):
+    c = configs.base_config()
+    c.dataset, c.data_dir, c.model = "mnist", str(data_dir), "mnist_cnn"
+    c.train_subset, c.test_subset, c.batch_size, c.micro_batch_size = 480, 100, 32, 16
+    c.num_epochs, c.log_every_steps, c.progress, c.steps_per_call = 2, 7, False, k
+    state, _ = loop.run_training(c, tmp_path / str(k))
+    lines = (tmp_path / str(k) / "metrics.jsonl").read_text().splitlines()
+    records = [{k: v for k, v in json.loads(l).items() if k != "examples_per_s"}
+               for l in lines]
+    runs[k] = params_of(state), records
+  for k in (4, 32):
+    for x, y in zip(runs[k][0], runs[1][0]):
+      np.testing.assert_array_equal(x, y)
+    assert runs[k][1] == runs[1][1]
+  assert [r["step"] for r in runs[1][1] if r["split"] == "train"] == [7, 14, 15, 21, 28, 30]
 
 
 def test_outputs_in_workdir(tiny_folder, tmp_path):
@@ -213,7 +240,7 @@ def test_run_step_picks_the_convolution_library_by_rows_per_call(micro_batch_siz
   train_fn = jitted.make_train_fn(jitted.step_config(c, 1), mesh, c.batch_size, seed=0)
   data = (jnp.zeros((64, 28, 28, 1), jnp.uint8), jnp.zeros(64, jnp.int32),
           jnp.arange(64, dtype=jnp.int32))
-  hlo = train_fn.lower(state, *data, 0).compile().as_text()
+  hlo = train_fn.lower(state, *data, 0, 1).compile().as_text()
   assert (_ynnpack_convolutions(hlo) > 0) == on_ynnpack
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from research import errors
 from research import preprocess
 from research import sharding
-from research.training.step import StepConfig, eval_step, train_step
+from research.training.step import STEP_METRICS, StepConfig, eval_step, train_step
 
 # Independent random streams, each folded with the step or epoch.
 _STEP_STREAM, _SHUFFLE_STREAM = 0, 1
@@ -105,21 +105,37 @@ def train_compiler_options(cfg: StepConfig, mesh, batch_size: int) -> dict:
   return cpu_compiler_options(cfg.cpu_convolutions, rows, mesh)
 
 
-def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int):
-  """A jitted (state, images, labels, perm, index) -> (state, metrics) that trains on
-  batch `index` of the permutation `perm`."""
+def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int,
+                  steps_per_call: int = 1):
+  """A jitted (state, images, labels, perm, index, count) -> (state, metrics) that runs
+  `count` train steps, count <= steps_per_call, on batches index, index + 1, ... of the
+  permutation `perm`. Each metric is an array of steps_per_call entries, the first
+  `count` of them the steps' own. One program serves every count."""
   step_key = jax.random.fold_in(jax.random.key(seed), _STEP_STREAM)
   batch_sharding = sharding.batch_sharded(mesh)
 
-  @functools.partial(jax.jit, donate_argnums=0,
-                     compiler_options=train_compiler_options(cfg, mesh, batch_size))
   def train_on_batch(state, images, labels, perm, index):
     idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     batch = {"image": images[idx], "label": labels[idx]}
     return train_step(state, batch, jax.random.fold_in(step_key, state.step), cfg)
 
-  return one_at_a_time_on_cpu(train_on_batch, mesh)
+  @functools.partial(jax.jit, donate_argnums=0,
+                     compiler_options=train_compiler_options(cfg, mesh, batch_size))
+  def train_on_batches(state, images, labels, perm, index, count):
+    if steps_per_call == 1:
+      state, metrics = train_on_batch(state, images, labels, perm, index)
+      return state, jax.tree.map(lambda m: m[None], metrics)
+
+    def one_step(i, carry):
+      state, metrics = carry
+      state, step_metrics = train_on_batch(state, images, labels, perm, index + i)
+      return state, jax.tree.map(lambda a, m: a.at[i].set(m), metrics, step_metrics)
+
+    metrics = {name: jnp.zeros(steps_per_call, jnp.float32) for name in STEP_METRICS}
+    return jax.lax.fori_loop(0, count, one_step, (state, metrics))
+
+  return one_at_a_time_on_cpu(train_on_batches, mesh)
 
 
 def one_at_a_time_on_cpu(fn, mesh):

@@ -32,12 +32,10 @@ from research.training.resume import TrainProgress
 from research.training.state import TrainState, count_params, create_train_state
 
 
-def _mean_metrics(pending: list[dict]) -> dict:
+def _mean_metrics(window: dict[str, np.ndarray]) -> dict:
   """Means over a log window. On the host, so that metrics restored from a checkpoint
   (float32 numbers) and metrics fetched from the device average identically."""
-  stacked = {k: np.stack([np.asarray(m[k], np.float32) for m in pending])
-             for k in pending[0]}
-  return {k: float(np.mean(v)) for k, v in stacked.items()}
+  return {k: float(np.mean(v)) for k, v in window.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -120,7 +118,7 @@ class Run:
   state: TrainState
   schedule: Callable
   steps_per_epoch: int
-  train_on_batch: Callable
+  train_on_batches: Callable
   evaluate: Callable
   train_split: tuple[jax.Array, jax.Array]
   eval_splits: dict[str, tuple[jax.Array, jax.Array]]
@@ -195,7 +193,8 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
                                  if config.eval_train_size else train_split)
   run = Run(config=config, writer=writer, dataset=dataset, mesh=mesh, state=state,
             schedule=schedule, steps_per_epoch=steps_per_epoch,
-            train_on_batch=make_train_fn(cfg, mesh, config.batch_size, config.seed),
+            train_on_batches=make_train_fn(cfg, mesh, config.batch_size, config.seed,
+                                           config.steps_per_call),
             evaluate=make_eval_fn(cfg, mesh, eval_batch_size),
             train_split=train_split, eval_splits=eval_splits,
             progress=progress_lib.Progress(steps_per_epoch * config.num_epochs,
@@ -233,17 +232,23 @@ def train(run: Run) -> tuple[float, dict]:
   images, labels = run.train_split
   window_start, perm = time.perf_counter(), None
   hook = checkpoint_lib.signal_at_step_hook()
+  step = int(run.state.step)
   with checkpoint_lib.StopSignals() as signals:
-    for step in range(int(run.state.step), total):
+    while step < total:
       epoch, index = divmod(step, spe)
       if index == 0 or perm is None:
         perm = epoch_permutation(config.seed, epoch, len(run.dataset.train.labels))
-      run.state, step_metrics = run.train_on_batch(run.state, images, labels, perm, index)
-      tp.pending.append(step_metrics)
-      if hook and hook[0] == step + 1:
+      count = _steps_in_call(config, step, spe, total, hook)
+      run.state, metrics = run.train_on_batches(run.state, images, labels, perm, index,
+                                                count)
+      if count < config.steps_per_call:
+        metrics = jax.tree.map(lambda m: m[:count], metrics)
+      tp.pending.append(metrics)
+      step = done = step + count
+      if hook and hook[0] == done:
         jax.block_until_ready(run.state)
         os.kill(os.getpid(), hook[1])
-      done, epoch_end, new_best = step + 1, index == spe - 1, False
+      epoch_end, new_best = done % spe == 0, False
       if done % config.log_every_steps == 0 or epoch_end:
         tp.last_train = _log_train(run, tp.pending, done, window_start)
         tp.train_seconds += time.perf_counter() - window_start
@@ -271,12 +276,26 @@ def train(run: Run) -> tuple[float, dict]:
   return tp.train_seconds, tp.last_train
 
 
+def _steps_in_call(config, step: int, spe: int, total: int, hook) -> int:
+  """Steps for the next call: up to config.steps_per_call, ending after the first step
+  that the loop has work after (a log, an epoch's end, a checkpoint, a test's signal).
+  Calls of any length run the same program, and the steps are the same whatever the
+  length: on CPU the parameters are bitwise those of one step per call
+  (tests/test_training.py)."""
+  for count in range(1, config.steps_per_call):
+    done = step + count
+    if (done % config.log_every_steps == 0 or done % spe == 0
+        or resume.checkpoint_due(config, done, spe, total) or (hook and hook[0] == done)):
+      return count
+  return config.steps_per_call
+
+
 def _save(run: Run, step: int) -> None:
   """Saves the state after `step`, unless a loss since the last check is NaN or Inf."""
   tp = run.train_progress
   if tp.pending:
-    _check_finite([float(m["loss"]) for m in jax.device_get(tp.pending)],
-                  step - len(tp.pending) + 1, run)
+    losses = resume.pending_metrics(tp.pending)["loss"]
+    _check_finite(losses, step - len(losses) + 1, run)
   if not bool(_params_finite(run.state.params)):
     raise errors.DivergenceError(
         f"training diverged: the parameters are NaN or Inf after step {step}. No "
@@ -290,7 +309,7 @@ def _params_finite(params) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))
 
 
-def _check_finite(losses: list[float], first_step: int, run: Run) -> None:
+def _check_finite(losses: np.ndarray, first_step: int, run: Run) -> None:
   """Stops the run at the first non-finite loss; nothing of this state gets saved."""
   for i, loss in enumerate(losses):
     if not np.isfinite(loss):
@@ -304,13 +323,14 @@ def _check_finite(losses: list[float], first_step: int, run: Run) -> None:
 
 
 def _log_train(run: Run, pending: list[dict], step: int, window_start: float) -> dict:
-  fetched = jax.device_get(pending)  # waits for the steps: only now is the time known
+  window = resume.pending_metrics(pending)  # waits for the steps: only now is the time known
   elapsed = time.perf_counter() - window_start
-  _check_finite([float(m["loss"]) for m in fetched], step - len(pending) + 1, run)
-  record = _mean_metrics(fetched)
+  steps = len(window["loss"])
+  _check_finite(window["loss"], step - steps + 1, run)
+  record = _mean_metrics(window)
   record.update(step=step, epoch=step / run.steps_per_epoch, split="train",
                 lr=float(run.schedule(step - 1)),
-                examples_per_s=len(pending) * run.config.batch_size / elapsed)
+                examples_per_s=steps * run.config.batch_size / elapsed)
   run.writer.log_metrics(record)
   run.progress.update(step)
   run.progress.log(f"epoch {record['epoch']:.2f} train loss {record['loss']:.4f} "

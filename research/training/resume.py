@@ -16,7 +16,8 @@ class TrainProgress:
   """What the loop carries from step to step besides the train state; each checkpoint
   stores it as JSON, so that a resumed run continues the same metrics history, the
   best-so-far and early stopping."""
-  pending: list = dataclasses.field(default_factory=list)  # train metrics, unlogged window
+  # Train metrics of the unlogged window: a dict of per-step arrays per train call.
+  pending: list = dataclasses.field(default_factory=list)
   last_train: dict = dataclasses.field(default_factory=dict)
   train_seconds: float = 0.0
   best: dict | None = None          # {"metric", "value", "step"}
@@ -26,18 +27,16 @@ class TrainProgress:
 
   def to_json(self) -> dict:
     record = dataclasses.asdict(self)
-    pending = jax.device_get(self.pending)
-    record["pending"] = {k: [float(m[k]) for m in pending] for k in
-                         (pending[0] if pending else ())}
+    record["pending"] = {k: [float(x) for x in v]
+                         for k, v in pending_metrics(self.pending).items()}
     return record
 
   @classmethod
   def from_json(cls, record: dict) -> "TrainProgress":
     record = dict(record)
     pending = record.pop("pending") or {}
-    keys = list(pending)
-    steps = len(pending[keys[0]]) if keys else 0
-    record["pending"] = [{k: np.float32(pending[k][i]) for k in keys} for i in range(steps)]
+    record["pending"] = [{k: np.asarray(v, np.float32) for k, v in pending.items()}
+                         ] if pending else []
     return cls(**record)
 
   def update_best(self, metric: str, value: float, step: int, mode: str,
@@ -50,6 +49,13 @@ class TrainProgress:
     self.bad_evals += 1
     self.stopped_early = bool(patience) and self.bad_evals >= patience
     return False
+
+
+def pending_metrics(pending: list[dict]) -> dict[str, np.ndarray]:
+  """The window's metrics fetched from the device, one float32 entry per step."""
+  fetched = jax.device_get(pending)
+  return {k: np.concatenate([np.asarray(m[k], np.float32).reshape(-1) for m in fetched])
+          for k in (fetched[0] if fetched else ())}
 
 
 def check_resumable(writer: outputs.RunDir, config) -> dict:

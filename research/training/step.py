@@ -33,6 +33,10 @@ class StepConfig:
   cpu_convolutions: str = "auto"   # research/training/jitted.py cpu_compiler_options
 
 
+# The metrics train_step returns, each a float32 scalar.
+STEP_METRICS = ("loss", "accuracy")
+
+
 def _kernels(params) -> list[jax.Array]:
   """Weight matrices and conv kernels; biases and BatchNorm scales are not penalised."""
   return [p for p in jax.tree.leaves(params) if p.ndim > 1]
