@@ -4,8 +4,9 @@ XLA operation.
     python -m benchmarks.profile_step [--model=s4] [--batch_size=32] [--steps=50]
         [--top=15] [--trace_dir=DIR]
 
-The step is the one benchmarks/train_step.py times (benchmarks/workloads.py) (the loop's own `make_train_fn`, the
-recipe's optimiser and micro-batches, synthetic data on the device). The trace is kept in
+The step is the one benchmarks/train_step.py times (benchmarks/workloads.py: the loop's
+own `make_train_fn`, the recipe's optimiser and micro-batches, synthetic data on the
+device), one step per call. The trace is kept in
 --trace_dir (open it with Perfetto or TensorBoard's profile plugin); the table sums the
 trace's events per instruction of the optimised HLO, and groups the instructions that do
 the same work on different micro-batch slices: same kind, shape and source operation,
@@ -119,10 +120,11 @@ def main(argv):
     raise app.UsageError(f"unknown model {FLAGS.model!r}; choose from "
                          f"{sorted(workloads.WORKLOADS)}")
   work = workloads.WORKLOADS[FLAGS.model]
-  step = workloads.build_ours(work.get_config(), work.input_shape, FLAGS.batch_size,
-                               workloads.synthetic_data(work.input_shape,
-                                                         FLAGS.batch_size))
-  hlo = instructions(step.step_fn.lower(step.state, *step.arrays, 0).compile().as_text())
+  config = work.get_config()
+  config.steps_per_call = 1   # the table reads the entry computation, not a loop's body
+  step = workloads.build_ours(config, work.input_shape, FLAGS.batch_size,
+                              workloads.synthetic_data(work.input_shape, FLAGS.batch_size))
+  hlo = instructions(step.step_fn.lower(step.state, *step.arrays, 0, 1).compile().as_text())
   step.run(5)   # compile, thread pools, allocator
   trace_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix="profile_step_")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

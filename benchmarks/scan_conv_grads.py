@@ -1,19 +1,18 @@
 """One convolution's gradients, called plainly and as iterations of `lax.scan`, with
-autodiff's gradient convolutions and with the same gradients written in the one
-dimension order XLA:CPU's kernels take.
+autodiff's gradient convolutions and with the models' own (`layers.nhwc_conv`), which
+are the same convolutions written in the one dimension order XLA:CPU's kernels take.
 
     python -m benchmarks.scan_conv_grads [--batch_size=64] [--iterations=10]
 
 benchmarks/scan_vs_loop.py shows the cause of the scan trap on XLA:CPU: its
 ConvCanonicalization pass puts convolutions into NHWC/HWIO -> NHWC order only in a
 program's entry computation, so autodiff's gradient convolutions inside a while loop
-("f01b_i01o->01bf", "b01f_01oi->b01f") run as generic emitted loops. This benchmark
-shows the way around it: `canonical_conv`, whose custom VJP writes the kernel and input
-gradients as NHWC/HWIO convolutions with explicit transposes, needs no canonicalisation.
-On a 2-core Xeon (jax 0.10.2, 3x3 convolution 13x13x32 -> 64, batch 64) autodiff's
-gradients took 7.2 ms per plain call and 301 ms per scan iteration; canonical_conv's
-7.5 ms and 5.9 ms (interleaved medians), bitwise equal to autodiff's. Not yet used by the models (only
-stride 1 and 'VALID' here; see issue 5's note).
+("f01b_i01o->01bf", "b01f_01oi->b01f") run as generic emitted loops. `nhwc_conv`'s VJP
+writes the kernel and input gradients as NHWC/HWIO convolutions with explicit
+transposes, which need no canonicalisation. On a 2-core Xeon (jax 0.10.2, 3x3
+convolution 13x13x32 -> 64, batch 64) autodiff's gradients took 7.2 ms per plain call
+and 301 ms per scan iteration; the same VJP's 7.5 ms and 5.9 ms (interleaved medians),
+bitwise equal to autodiff's.
 """
 
 import statistics
@@ -27,42 +26,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from research.models import layers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 64, "Images per call.")
 flags.DEFINE_integer("iterations", 10, "Calls, and scan iterations, per timed repeat.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
 
-NHWC = ("NHWC", "HWIO", "NHWC")
-
-
 def conv(x, w):
-  """Stride 1, 'VALID'."""
-  return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
+  """Stride 1, 'VALID', with autodiff's gradients."""
+  return lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@jax.custom_vjp
-def canonical_conv(x, w):
-  return conv(x, w)
-
-
-def _canonical_conv_fwd(x, w):
-  return conv(x, w), (x, w)
-
-
-def _canonical_conv_bwd(residuals, g):
-  x, w = residuals
-  kh, kw = w.shape[:2]
-  # Kernel gradient: input channels play the batch, images the input features.
-  dw = conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)))
-  # Input gradient: a full correlation with the flipped kernel, its channel axes swapped.
-  flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-  dx = lax.conv_general_dilated(g, flipped, (1, 1), [(kh - 1, kh - 1), (kw - 1, kw - 1)],
-                                dimension_numbers=NHWC)
-  return dx, jnp.transpose(dw, (1, 2, 0, 3))
-
-
-canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
+def nhwc_conv(x, w):
+  """The same, with the models' own gradients (research/models/layers.py)."""
+  return layers.nhwc_conv(x, w, (1, 1), "VALID")
 
 
 def variants(conv_fn, n: int):
@@ -89,7 +68,7 @@ def main(_):
         f"{jax.devices()[0].platform}; ms per call or per scan iteration (median of "
         f"{FLAGS.repeats}, interleaved):")
   compiled, per_call, results = {}, {}, {}
-  for name, conv_fn in (("autodiff", conv), ("canonical_conv", canonical_conv)):
+  for name, conv_fn in (("autodiff", conv), ("nhwc_conv", nhwc_conv)):
     plain, scanned = variants(conv_fn, n)
     for kind, fn, calls in (("plain", plain, n), ("lax.scan", scanned, 1)):
       compiled[name, kind] = fn.lower(x, w, g).compile()
@@ -112,7 +91,7 @@ def main(_):
     print(f"  {name:15s} {kind:9s} {statistics.median(seconds) * 1000 / n:9.2f} ms; "
           f"convolutions not in NHWC/HWIO order: {odd}")
   diff = max(float(np.max(np.abs(a - c))) for a, c in
-             zip(results["autodiff"], results["canonical_conv"]))
+             zip(results["autodiff"], results["nhwc_conv"]))
   print(f"  largest difference between the two gradients: {diff:.3g}")
 
 

@@ -1,27 +1,31 @@
-"""Python loop over one jitted step against `lax.scan` over the steps, same work.
+"""A Python loop over one train step per call against several steps per call
+(`config.steps_per_call`: a `lax.fori_loop` over the steps), with the library's
+convolutions and with autodiff's.
 
     python -m benchmarks.scan_vs_loop [--model=mnist_cnn] [--batch_size=64] [--steps=50]
 
-Why the train loop is a Python loop: on XLA:CPU the scanned version was several times
-slower (issue 2). This re-measures it on the machine at hand, interleaved, with repeats
-and medians, and prints the ratio, so the choice can be re-made for each backend.
+The same steps, interleaved, with repeats and medians; images/s and the ratio to the
+Python loop. For each variant it also prints, from the optimised HLO, the convolutions
+left in a dimension order other than NHWC/HWIO -> NHWC ("b01f_01io->b01f").
 
-It also prints why, from each program's optimised HLO: the convolutions left in a
-dimension order other than NHWC/HWIO -> NHWC ("b01f_01io->b01f"). XLA:CPU's library
-kernels (Eigen, YNNPACK) take only that order, and its ConvCanonicalization pass, which
-transposes the operands into it, visits the entry computation only (openxla/xla
-xla/service/cpu/conv_canonicalization.cc). Autodiff writes a kernel gradient as a
-convolution over the batch ("f01b_i01o->01bf") and an input gradient with the kernel's
-channel axes swapped ("b01f_01oi->b01f"). In the loop's step both are canonicalised;
-inside the while loop of `lax.scan` they stay as they are and run as XLA's generic
-emitted loops. Alone, the kernel gradient of a 3x3 convolution (13x13x32 -> 64 channels)
-took 2.8 to 7 ms per call at batch 64 and 313 to 319 ms as a scan iteration (2-core
-Xeon, jax 0.10.2, either convolution library).
+Why that matters: XLA:CPU's library kernels (Eigen, YNNPACK) take only that order, and
+its ConvCanonicalization pass, which transposes the operands into it, visits the entry
+computation only (openxla/xla xla/service/cpu/conv_canonicalization.cc). Autodiff writes
+a kernel gradient as a convolution over the batch ("f01b_i01o->01bf") and an input
+gradient with the kernel's channel axes swapped ("b01f_01oi->b01f"). With one step per
+call both are canonicalised; inside a while loop they stay as they are and run as XLA's
+generic emitted loops: several steps per call with autodiff's convolutions ran 3 to 40
+times slower than the Python loop (issue 2; the kernel gradient of one 3x3 convolution,
+13x13x32 -> 64 channels, took 2.8 to 7 ms per call at batch 64 and 313 ms as a loop
+iteration; 2-core Xeon, jax 0.10.2). `research/models/layers.py`'s convolution writes its
+own gradients in the canonical order on CPU, which makes several steps per call faster
+than the Python loop.
 """
 
-import functools
+import contextlib
 import statistics
 import time
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -31,7 +35,7 @@ import numpy as np
 
 from benchmarks import common
 from research import configs, sharding
-from research.models import create_model
+from research.models import create_model, layers
 from research.training import jitted, optim
 from research.training.state import create_train_state
 from research.training.step import StepConfig
@@ -39,8 +43,15 @@ from research.training.step import StepConfig
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "mnist_cnn", "Registered model name.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("steps", 50, "Steps per timed repeat.")
+flags.DEFINE_integer("steps", 50, "Steps per timed repeat, and per call when fused.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved).")
+
+LOOP, FUSED, AUTODIFF = ("python loop", "fused steps", "fused, autodiff convs")
+
+
+def autodiff_convolutions():
+  """While tracing: the models' convolutions without their own gradients."""
+  return mock.patch.object(layers, "_nhwc_applies", lambda *args, **kwargs: False)
 
 
 def main(_):
@@ -49,46 +60,40 @@ def main(_):
   mesh = sharding.make_mesh()
   tx, _ = optim.create_optimizer(config, steps_per_epoch=FLAGS.steps)
   model = create_model(FLAGS.model, input_shape=shape, num_classes=10)
-  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
+  initial = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
   n = FLAGS.batch_size * FLAGS.steps
   rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
-  labels = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
-  perm = jnp.arange(n)
-  cfg = StepConfig()
-  step_fn = jitted.make_train_fn(cfg, mesh, FLAGS.batch_size, seed=0)
+  data = jax.device_put((rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+                         rng.integers(0, 10, n).astype(np.int32), jnp.arange(n)))
+  variants = {LOOP: (1, contextlib.nullcontext), FUSED: (FLAGS.steps, contextlib.nullcontext),
+              AUTODIFF: (FLAGS.steps, autodiff_convolutions)}
+  runs, hlo = {}, {}
+  for name, (per_call, tracing) in variants.items():
+    fn = jitted.make_train_fn(StepConfig(), mesh, FLAGS.batch_size, seed=0,
+                              steps_per_call=per_call)
+    with tracing():
+      compiled = fn.lower(initial, *data, 0, per_call).compile()
+    hlo[name] = compiled.as_text()
 
-  def run_loop(state):
-    for i in range(FLAGS.steps):
-      state, metrics = step_fn(state, images, labels, perm, i)
-    return state, metrics
-
-  # The step's own compiler options, which jax takes on the outermost jit only.
-  @functools.partial(jax.jit, compiler_options=jitted.train_compiler_options(
-      cfg, mesh, FLAGS.batch_size))
-  def run_scan(state):
-    body = lambda s, i: step_fn.__wrapped__(s, images, labels, perm, i)
-    return jax.lax.scan(body, state, jnp.arange(FLAGS.steps))
-
-  times = {"python loop": [], "lax.scan": []}
-  for fn, name in ((run_loop, "python loop"), (run_scan, "lax.scan")):
-    state, m = fn(state)  # compile
-    jax.block_until_ready(m)
-  for _ in range(FLAGS.repeats):
-    for fn, name in ((run_loop, "python loop"), (run_scan, "lax.scan")):
+    def run(compiled=compiled, per_call=per_call) -> float:
+      state = jax.tree.map(jnp.copy, initial)   # each call donates its state
+      jax.block_until_ready(state)
       start = time.perf_counter()
-      state, m = fn(state)
-      jax.block_until_ready(m)
-      times[name].append(time.perf_counter() - start)
-  rates = {k: n / statistics.median(v) for k, v in times.items()}
-  hlo = {"python loop": step_fn.lower(state, images, labels, perm, 0).compile().as_text(),
-         "lax.scan": run_scan.lower(state).compile().as_text()}
-  print(f"{FLAGS.model}, batch {FLAGS.batch_size}, {jax.devices()[0].platform}:")
+      for i in range(0, FLAGS.steps, per_call):
+        state, metrics = compiled(state, *data, i, per_call)
+      jax.block_until_ready(metrics)
+      return time.perf_counter() - start
+
+    run()   # warm-up
+    runs[name] = run
+  times = common.interleaved(runs, FLAGS.repeats)
+  rates = {name: n / statistics.median(t) for name, t in times.items()}
+  print(f"{FLAGS.model}, batch {FLAGS.batch_size}, {FLAGS.steps} steps, "
+        f"{jax.devices()[0].platform}:")
   for name, rate in rates.items():
     odd = common.non_canonical_convolutions(hlo[name])
-    print(f"  {name:12s} {rate:10,.0f} images/s; convolutions not in NHWC/HWIO order: "
-          f"{len(odd)} {sorted(set(odd))}")
-  print(f"  loop / scan = {rates['python loop'] / rates['lax.scan']:.2f}")
+    print(f"  {name:22s} {rate:10,.0f} images/s ({rate / rates[LOOP]:5.2f} of the loop); "
+          f"convolutions not in NHWC/HWIO order: {len(odd)} {sorted(set(odd))}")
 
 
 if __name__ == "__main__":

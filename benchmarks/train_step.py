@@ -67,7 +67,7 @@ def _timed(loop):
 def ours(config, shape, batch, data):
   """Returns (run(steps) -> seconds, FLOPs per step, parameter count)."""
   step = workloads.build_ours(config, shape, batch, data)
-  flops = common.compiled_flops(step.step_fn, step.state, *step.arrays, 0)
+  flops = common.compiled_flops(step.one_step_fn, step.state, *step.arrays, 0, 1)
   return _timed(step.run), flops, count_params(step.state)
 
 

@@ -42,17 +42,24 @@ def synthetic_data(shape, batch: int, seed: int = 0):
 
 @dataclasses.dataclass
 class OurStep:
-  """Our jitted step with its state and on-device data, as the train loop holds them."""
+  """Our jitted train function with its state and on-device data, as the train loop
+  holds them: `config.steps_per_call` steps per call."""
   step_fn: object
   state: object
   arrays: tuple        # (images, labels, permutation) on the device
   num_batches: int
+  steps_per_call: int
+  one_step_fn: object  # the same step, one per call: for the compiled FLOPs of a step
 
   def run(self, steps: int) -> None:
-    """`steps` steps, the batch index wrapping around, blocking at the end."""
-    state, metrics = self.state, None
-    for i in range(steps):
-      state, metrics = self.step_fn(state, *self.arrays, i % self.num_batches)
+    """`steps` steps, the batch index wrapping around (a call ends at the wrap, as the
+    loop's end at an epoch's end), blocking at the end."""
+    state, metrics, done = self.state, None, 0
+    while done < steps:
+      index = done % self.num_batches
+      count = min(self.steps_per_call, steps - done, self.num_batches - index)
+      state, metrics = self.step_fn(state, *self.arrays, index, count)
+      done += count
     jax.block_until_ready((state, metrics))
     self.state = state
 
@@ -72,5 +79,7 @@ def build_ours(config, shape, batch, data) -> OurStep:
   if config.micro_batch_size and batch % config.micro_batch_size:
     config.micro_batch_size = 0
   cfg = dataclasses.replace(jitted.step_config(config, mesh.size), augment=())
-  step_fn = jitted.make_train_fn(cfg, mesh, batch, seed=0)
-  return OurStep(step_fn, state, arrays, num_batches)
+  return OurStep(jitted.make_train_fn(cfg, mesh, batch, seed=0, steps_per_call=
+                                      config.steps_per_call),
+                 state, arrays, num_batches, config.steps_per_call,
+                 jitted.make_train_fn(cfg, mesh, batch, seed=0))

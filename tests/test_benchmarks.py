@@ -120,25 +120,27 @@ def test_profile_step_smoke(tmp_path):
 
 
 def test_scan_vs_loop_smoke():
-  """Both variants run, and the printed reason holds: XLA:CPU leaves the gradient
-  convolutions inside `lax.scan` in an order its fast kernels do not take. If the scan
-  line shows 0, XLA has changed: re-measure before keeping the Python loop."""
+  """The three variants run, and the printed reason holds: with autodiff's convolutions,
+  XLA:CPU leaves the gradient convolutions inside the loop of several steps per call in
+  an order its fast kernels do not take; with the models' own, none is. If the autodiff
+  line shows 0, XLA has changed: re-measure."""
   stdout = _run(["benchmarks.scan_vs_loop", "--steps=2", "--repeats=1"])
-  loop = re.search(r"python loop .* order: (\d+)", stdout)
-  scan = re.search(r"lax\.scan .* order: (\d+)", stdout)
-  assert loop and scan and "loop / scan = " in stdout, stdout
-  assert int(loop[1]) == 0 and int(scan[1]) > 0, stdout
+  counts = dict(re.findall(r"^  (\w[\w ,]+?) +[\d,]+ images/s .* order: (\d+)", stdout,
+                           re.M))
+  assert counts == {"python loop": "0", "fused steps": "0",
+                    "fused, autodiff convs": counts.get("fused, autodiff convs")}, stdout
+  assert int(counts["fused, autodiff convs"]) > 0, stdout
 
 
 def test_scan_conv_grads_smoke():
-  """Autodiff's gradient convolutions stay out of order inside `lax.scan`; the custom
-  VJP's do not, and its gradients equal autodiff's bitwise."""
+  """Autodiff's gradient convolutions stay out of order inside `lax.scan`; nhwc_conv's
+  do not, and its gradients equal autodiff's bitwise."""
   stdout = _run(["benchmarks.scan_conv_grads", "--batch_size=4", "--iterations=2",
                  "--repeats=1"])
   rows = dict(re.findall(r"^  (\w+ +\S+) .*order: (\[.*\])$", stdout, re.M))
   assert rows["autodiff        lax.scan"] != "[]", stdout
-  assert rows["canonical_conv  lax.scan"] == "[]", stdout
-  assert rows["canonical_conv  plain"] == "[]", stdout
+  assert rows["nhwc_conv       lax.scan"] == "[]", stdout
+  assert rows["nhwc_conv       plain"] == "[]", stdout
   assert "largest difference between the two gradients: 0\n" in stdout, stdout
 
 
