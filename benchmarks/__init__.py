@@ -6,10 +6,11 @@
     end_to_end    the S2 and S4 seed recipes run to completion by each framework: wall
                   time (compilation included) and test accuracy side by side
     profile_step  our train step's time per XLA operation, from a jax.profiler trace
-    scan_vs_loop  a Python loop over the jitted step against `lax.scan` over the steps,
-                  and the convolutions XLA:CPU leaves out of its fast kernels' order
+    scan_vs_loop  one train step per jitted call against several (a loop inside the
+                  program), and the convolutions XLA:CPU leaves out of its fast
+                  kernels' order there with autodiff's gradients
     scan_conv_grads  one convolution's gradients, plain and inside `lax.scan`, from
-                  autodiff and from a custom VJP in that order
+                  autodiff and from the models' own VJP in that order
 
 Helpers: `workloads` (the seed models and our step as the loop builds it), `common`
 (interleaved repeats, medians, matmul peak, machine, tables), `torch_peers` and

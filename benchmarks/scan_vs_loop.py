@@ -2,10 +2,11 @@
 (`config.steps_per_call`: a `lax.fori_loop` over the steps), with the library's
 convolutions and with autodiff's.
 
-    python -m benchmarks.scan_vs_loop [--model=mnist_cnn] [--batch_size=64] [--steps=50]
+    python -m benchmarks.scan_vs_loop [--model=s2] [--batch_size=64] [--steps_per_call=16]
 
-The same steps, interleaved, with repeats and medians; images/s and the ratio to the
-Python loop. For each variant it also prints, from the optimised HLO, the convolutions
+Our train step as the loop builds it for a seed recipe (benchmarks/workloads.py), the
+same steps in each variant, interleaved, with repeats and medians; images/s and the
+ratio to the Python loop. For each variant it also prints, from the optimised HLO, the convolutions
 left in a dimension order other than NHWC/HWIO -> NHWC ("b01f_01io->b01f").
 
 Why that matters: XLA:CPU's library kernels (Eigen, YNNPACK) take only that order, and
@@ -30,23 +31,23 @@ from unittest import mock
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
-from research import configs, sharding
-from research.models import create_model, layers
-from research.training import jitted, optim
-from research.training.state import create_train_state
-from research.training.step import StepConfig
+from benchmarks import workloads
+from research.models import layers
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "mnist_cnn", "Registered model name.")
+flags.DEFINE_string("model", "s2", "Workload (benchmarks/workloads.py): s1, s2, s4, vgg; "
+                    "the recipe's config, micro-batches included.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("steps", 50, "Steps per timed repeat, and per call when fused.")
-flags.DEFINE_integer("repeats", 3, "Timed repeats of each variant (interleaved).")
+flags.DEFINE_integer("steps_per_call", 16, "Steps per call of the fused variants.")
+flags.DEFINE_integer("steps", 64, "Steps per timed repeat.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats of each variant (interleaved).")
+flags.DEFINE_list("variants", ["loop", "fused", "autodiff"],
+                  "loop: one step per call; fused: --steps_per_call; autodiff: the same "
+                  "with autodiff's convolution gradients (very slow for large models).")
 
-LOOP, FUSED, AUTODIFF = ("python loop", "fused steps", "fused, autodiff convs")
+LABELS = {"loop": "python loop", "fused": "fused steps", "autodiff": "fused, autodiff convs"}
 
 
 def autodiff_convolutions():
@@ -55,44 +56,42 @@ def autodiff_convolutions():
 
 
 def main(_):
-  shape = (28, 28, 1) if FLAGS.model in ("mlp", "mnist_cnn", "minimal_cnn") else (32, 32, 3)
-  config = configs.base_config()
-  mesh = sharding.make_mesh()
-  tx, _ = optim.create_optimizer(config, steps_per_epoch=FLAGS.steps)
-  model = create_model(FLAGS.model, input_shape=shape, num_classes=10)
-  initial = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
-  n = FLAGS.batch_size * FLAGS.steps
-  rng = np.random.default_rng(0)
-  data = jax.device_put((rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-                         rng.integers(0, 10, n).astype(np.int32), jnp.arange(n)))
-  variants = {LOOP: (1, contextlib.nullcontext), FUSED: (FLAGS.steps, contextlib.nullcontext),
-              AUTODIFF: (FLAGS.steps, autodiff_convolutions)}
+  if FLAGS.model not in workloads.WORKLOADS:
+    raise app.UsageError(f"unknown model {FLAGS.model!r}; choose from "
+                         f"{sorted(workloads.WORKLOADS)}")
+  work = workloads.WORKLOADS[FLAGS.model]
+  data = workloads.synthetic_data(work.input_shape, FLAGS.batch_size)
+  unknown = set(FLAGS.variants) - set(LABELS)
+  if unknown or "loop" not in FLAGS.variants:
+    raise app.UsageError(f"--variants must include loop, from {sorted(LABELS)}")
+  variants = {"loop": (1, contextlib.nullcontext),
+              "fused": (FLAGS.steps_per_call, contextlib.nullcontext),
+              "autodiff": (FLAGS.steps_per_call, autodiff_convolutions)}
   runs, hlo = {}, {}
-  for name, (per_call, tracing) in variants.items():
-    fn = jitted.make_train_fn(StepConfig(), mesh, FLAGS.batch_size, seed=0,
-                              steps_per_call=per_call)
+  for name in FLAGS.variants:
+    per_call, tracing = variants[name]
+    config = work.get_config()
+    config.steps_per_call = per_call
+    step = workloads.build_ours(config, work.input_shape, FLAGS.batch_size, data)
     with tracing():
-      compiled = fn.lower(initial, *data, 0, per_call).compile()
-    hlo[name] = compiled.as_text()
+      hlo[name] = step.step_fn.lower(step.state, *step.arrays, 0, per_call).compile().as_text()
+      step.run(per_call)   # compiles, under the same tracing
 
-    def run(compiled=compiled, per_call=per_call) -> float:
-      state = jax.tree.map(jnp.copy, initial)   # each call donates its state
-      jax.block_until_ready(state)
+    def run(step=step) -> float:
       start = time.perf_counter()
-      for i in range(0, FLAGS.steps, per_call):
-        state, metrics = compiled(state, *data, i, per_call)
-      jax.block_until_ready(metrics)
+      step.run(FLAGS.steps)
       return time.perf_counter() - start
 
-    run()   # warm-up
     runs[name] = run
   times = common.interleaved(runs, FLAGS.repeats)
-  rates = {name: n / statistics.median(t) for name, t in times.items()}
-  print(f"{FLAGS.model}, batch {FLAGS.batch_size}, {FLAGS.steps} steps, "
-        f"{jax.devices()[0].platform}:")
+  rates = {name: FLAGS.steps * FLAGS.batch_size / statistics.median(t)
+           for name, t in times.items()}
+  print(f"{work.label}, batch {FLAGS.batch_size}, {FLAGS.steps} steps, "
+        f"{FLAGS.steps_per_call} per fused call, {jax.devices()[0].platform}:")
   for name, rate in rates.items():
     odd = common.non_canonical_convolutions(hlo[name])
-    print(f"  {name:22s} {rate:10,.0f} images/s ({rate / rates[LOOP]:5.2f} of the loop); "
+    print(f"  {LABELS[name]:22s} {rate:10,.0f} images/s ({rate / rates['loop']:5.2f} of "
+          f"the loop); "
           f"convolutions not in NHWC/HWIO order: {len(odd)} {sorted(set(odd))}")
 
 

@@ -24,7 +24,7 @@ autodiff's, but put into the one dimension order (NHWC input, HWIO kernel, NHWC 
 that XLA:CPU's convolution kernels take, by explicit transposes. XLA:CPU transposes
 autodiff's gradient convolutions into that order only in a program's entry computation;
 inside a while loop (several train steps in one call, `lax.scan`) they stay as they are
-and run as generic loops, 40x slower (benchmarks/scan_vs_loop.py). The gradients are
+and run as generic loops (S2's train step 11x slower, benchmarks/scan_vs_loop.py). The gradients are
 bitwise those of autodiff on CPU (tests/test_models.py). Other backends take autodiff's
 convolutions: their compilers arrange layouts everywhere, and they were not measured.
 """

@@ -1,14 +1,16 @@
 """The jitted functions of a run, built from its config.
 
-Host work per step is one jitted call: the whole dataset sits on the device, the step
-gathers its own batch from an on-device permutation, and metrics stay on the device until
-a log step fetches them. On XLA:CPU a Python loop over one jitted step ran 8x faster than
-`lax.scan` over the same steps (S2 CNN, batch 64, 2-core AMD EPYC, jax 0.10.2: 3,013
-against 370 images/s, `python -m benchmarks.scan_vs_loop`), so the loop over steps stays
-in Python: XLA:CPU puts convolutions into the order its fast kernels take only in a
-program's entry computation, not inside a while loop, so the gradient convolutions of a
-scanned step run as generic loops (benchmarks/scan_vs_loop.py has the details). GPU and
-TPU have not been measured; re-run the benchmark there before fusing.
+Host work per step is small: the whole dataset sits on the device, each call gathers its
+own batches from an on-device permutation and runs `config.steps_per_call` steps in a
+`lax.fori_loop`, and metrics stay on the device until a log step fetches them.
+
+Several steps per call became possible on XLA:CPU only with the models' own convolution
+gradients (research/models/layers.py): XLA:CPU puts convolutions into the order its fast
+kernels take only in a program's entry computation, so autodiff's gradient convolutions
+inside a loop run as generic loops (S2's step 11x slower, benchmarks/scan_vs_loop.py).
+With them, 16 steps per call against 1 ran S1 at batch 128 1.47x faster, S2 at 64
+1.07x, S4 at 32 1.08x, the VGG at 128 1.14x (2-core Xeon, jax 0.10.2; README). GPU and
+TPU have not been measured.
 """
 
 import functools
