@@ -124,7 +124,8 @@ def main(argv):
   config.steps_per_call = 1   # the table reads the entry computation, not a loop's body
   step = workloads.build_ours(config, work.input_shape, FLAGS.batch_size,
                               workloads.synthetic_data(work.input_shape, FLAGS.batch_size))
-  hlo = instructions(step.step_fn.lower(step.state, *step.arrays, 0, 1).compile().as_text())
+  lowered = step.step_fn.lower(step.state, *step.arrays, 0, 1)
+  hlo = instructions(lowered.compile().as_text())
   step.run(5)   # compile, thread pools, allocator
   trace_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix="profile_step_")
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):

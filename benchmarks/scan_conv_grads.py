@@ -33,6 +33,7 @@ flags.DEFINE_integer("batch_size", 64, "Images per call.")
 flags.DEFINE_integer("iterations", 10, "Calls, and scan iterations, per timed repeat.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (median).")
 
+
 def conv(x, w):
   """Stride 1, 'VALID', with autodiff's gradients."""
   return lax.conv_general_dilated(x, w, (1, 1), "VALID",

@@ -6,8 +6,8 @@ convolutions and with autodiff's.
 
 Our train step as the loop builds it for a seed recipe (benchmarks/workloads.py), the
 same steps in each variant, interleaved, with repeats and medians; images/s and the
-ratio to the Python loop. For each variant it also prints, from the optimised HLO, the convolutions
-left in a dimension order other than NHWC/HWIO -> NHWC ("b01f_01io->b01f").
+ratio to the Python loop. For each variant it also prints, from the optimised HLO, the
+convolutions left in a dimension order other than NHWC/HWIO -> NHWC ("b01f_01io->b01f").
 
 Why that matters: XLA:CPU's library kernels (Eigen, YNNPACK) take only that order, and
 its ConvCanonicalization pass, which transposes the operands into it, visits the entry
@@ -15,12 +15,12 @@ computation only (openxla/xla xla/service/cpu/conv_canonicalization.cc). Autodif
 a kernel gradient as a convolution over the batch ("f01b_i01o->01bf") and an input
 gradient with the kernel's channel axes swapped ("b01f_01oi->b01f"). With one step per
 call both are canonicalised; inside a while loop they stay as they are and run as XLA's
-generic emitted loops: several steps per call with autodiff's convolutions ran 3 to 40
-times slower than the Python loop (issue 2; the kernel gradient of one 3x3 convolution,
-13x13x32 -> 64 channels, took 2.8 to 7 ms per call at batch 64 and 313 ms as a loop
-iteration; 2-core Xeon, jax 0.10.2). `research/models/layers.py`'s convolution writes its
-own gradients in the canonical order on CPU, which makes several steps per call faster
-than the Python loop.
+generic emitted loops: several steps per call with autodiff's convolutions ran 3.6 to 14
+times slower than the Python loop (S2 and S4, README; the kernel gradient of one 3x3
+convolution, 13x13x32 -> 64 channels, took 2.8 to 7 ms per call at batch 64 and 313 ms
+as a loop iteration; 2-core Xeon, jax 0.10.2). `research/models/layers.py`'s convolution
+writes its own gradients in the canonical order on CPU, which makes several steps per
+call faster than the Python loop.
 """
 
 import contextlib
@@ -47,7 +47,8 @@ flags.DEFINE_list("variants", ["loop", "fused", "autodiff"],
                   "loop: one step per call; fused: --steps_per_call; autodiff: the same "
                   "with autodiff's convolution gradients (very slow for large models).")
 
-LABELS = {"loop": "python loop", "fused": "fused steps", "autodiff": "fused, autodiff convs"}
+LABELS = {"loop": "python loop", "fused": "fused steps",
+          "autodiff": "fused, autodiff convs"}
 
 
 def autodiff_convolutions():
@@ -74,7 +75,8 @@ def main(_):
     config.steps_per_call = per_call
     step = workloads.build_ours(config, work.input_shape, FLAGS.batch_size, data)
     with tracing():
-      hlo[name] = step.step_fn.lower(step.state, *step.arrays, 0, per_call).compile().as_text()
+      lowered = step.step_fn.lower(step.state, *step.arrays, 0, per_call)
+      hlo[name] = lowered.compile().as_text()
       step.run(per_call)   # compiles, under the same tracing
 
     def run(step=step) -> float:

@@ -24,9 +24,10 @@ autodiff's, but put into the one dimension order (NHWC input, HWIO kernel, NHWC 
 that XLA:CPU's convolution kernels take, by explicit transposes. XLA:CPU transposes
 autodiff's gradient convolutions into that order only in a program's entry computation;
 inside a while loop (several train steps in one call, `lax.scan`) they stay as they are
-and run as generic loops (S2's train step 11x slower, benchmarks/scan_vs_loop.py). The gradients are
-bitwise those of autodiff on CPU (tests/test_models.py). Other backends take autodiff's
-convolutions: their compilers arrange layouts everywhere, and they were not measured.
+and run as generic loops (S2's train step 11x slower, benchmarks/scan_vs_loop.py). The
+gradients are bitwise those of autodiff on CPU (tests/test_models.py). Other backends
+take autodiff's convolutions: their compilers arrange layouts everywhere, and they were
+not measured.
 """
 
 import functools
@@ -126,8 +127,8 @@ def _nhwc_applies(lhs, rhs, window_strides, padding, lhs_dilation=None,
                   precision=None, out_sharding=None, **others) -> bool:
   """Whether `nhwc_conv` computes this call: a plain 2-D NHWC/HWIO convolution."""
   ones = lambda xs: xs is None or all(x == 1 for x in xs)
-  return (lhs.ndim == 4 and not others and out_sharding is None and feature_group_count == 1
-          and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+  return (lhs.ndim == 4 and not others and out_sharding is None
+          and feature_group_count == 1 and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
 

@@ -323,7 +323,8 @@ def _check_finite(losses: np.ndarray, first_step: int, run: Run) -> None:
 
 
 def _log_train(run: Run, pending: list[dict], step: int, window_start: float) -> dict:
-  window = resume.pending_metrics(pending)  # waits for the steps: only now is the time known
+  # Fetching waits for the steps: only now is the window's time known.
+  window = resume.pending_metrics(pending)
   elapsed = time.perf_counter() - window_start
   steps = len(window["loss"])
   _check_finite(window["loss"], step - steps + 1, run)
