@@ -144,7 +144,7 @@ def one_at_a_time_on_cpu(fn, mesh):
   """`fn`, waiting for each call's result when the mesh has several CPU devices.
 
   XLA:CPU runs every device's share of a program on one thread pool as large as the
-  machine's cores. With several devices and the next step already queued, the threads
+  machine's cores. With several devices and the next call already queued, the threads
   can all be taken by devices waiting in the gradient all-reduce for a device that has
   no thread left: the process hangs, then aborts after 40 s (jax 0.10.2, 2 cores, 2 to 8
   simulated devices; tests/test_cli.py runs the README's 8-device command). One program in flight at a time avoids
