@@ -74,7 +74,7 @@ def test_steps_per_call_gives_bitwise_the_same_run(data_dir, tmp_path):
     c.num_epochs, c.log_every_steps, c.progress, c.steps_per_call = 2, 7, False, k
     state, _ = loop.run_training(c, tmp_path / str(k))
     lines = (tmp_path / str(k) / "metrics.jsonl").read_text().splitlines()
-    records = [{k: v for k, v in json.loads(l).items() if k != "examples_per_s"}
+    records = [{key: v for key, v in json.loads(l).items() if key != "examples_per_s"}
                for l in lines]
     runs[k] = params_of(state), records
   for k in (4, 32):
