@@ -128,7 +128,8 @@ def _nhwc_applies(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """Whether `nhwc_conv` computes this call: a plain 2-D NHWC/HWIO convolution."""
   ones = lambda xs: xs is None or all(x == 1 for x in xs)
   return (lhs.ndim == 4 and not others and out_sharding is None
-          and feature_group_count == 1 and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+          and feature_group_count == 1 and ones(window_strides) and ones(lhs_dilation)
+          and ones(rhs_dilation)
           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
           == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
 
