@@ -8,10 +8,11 @@ import jax
 import numpy as np
 
 from experiments import cifar_cnn, mnist_cnn, mnist_mlp
-from research import configs, sharding
+from research import configs, optim, sharding, tuning
 from research.models import create_model
-from research.training import jitted, optim
+from research.training import jitted
 from research.training.state import create_train_state
+from research.training.step import StepConfig
 
 POOL = 4096  # distinct synthetic images per (model, batch): the step index wraps around
 
@@ -71,15 +72,17 @@ def build_ours(config, shape, batch, data) -> OurStep:
                        **configs.model_kwargs(config))
   num_batches = len(labels_np) // batch
   tx, _ = optim.create_optimizer(config, steps_per_epoch=num_batches)
-  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
+  tuned = tuning.for_mesh(mesh, config)
+  state = jax.device_put(create_train_state(model, tx, tuned.model_fn),
+                         sharding.replicated(mesh))
   arrays = jax.device_put((images_np, labels_np, perm_np), sharding.replicated(mesh))
   # The recipe's micro-batch size (research/configs.py) applies at every batch size
-  # that it divides; step_config derives the slices from the batch as a run does.
+  # that it divides; StepConfig derives the slices from the batch as a run does.
   config.batch_size = batch
   if config.micro_batch_size and batch % config.micro_batch_size:
     config.micro_batch_size = 0
-  cfg = dataclasses.replace(jitted.step_config(config, mesh.size), augment=())
+  cfg = dataclasses.replace(StepConfig.from_config(config, mesh.size), augment=())
   return OurStep(jitted.make_train_fn(cfg, mesh, batch, seed=0, steps_per_call=
-                                      config.steps_per_call),
+                                      config.steps_per_call, tuning=tuned),
                  state, arrays, num_batches, config.steps_per_call,
-                 jitted.make_train_fn(cfg, mesh, batch, seed=0))
+                 jitted.make_train_fn(cfg, mesh, batch, seed=0, tuning=tuned))

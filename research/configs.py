@@ -4,18 +4,16 @@ Experiments call `base_config()` and override what their recipe sets. Every knob
 lives in this one object, which is saved beside the results as config.json.
 """
 
-import json
-
 import ml_collections
 
 from research import corruption
+from research import errors
+from research import losses
+from research import optim
 from research import preprocess
+from research import xla_cpu
 from research.models import MODELS
 from research.models import accepts
-from research.training import losses
-from research.training import jitted
-from research.training import optim
-from research import errors
 
 DATA_SOURCES = ("auto", "local", "tfds")
 BATCH_NORM = ("auto", "on", "off")
@@ -75,29 +73,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   # Run.
   c.batch_size = 128
-  # Compute each step's gradient over slices of this many examples per device and
-  # average them: the same update up to float rounding, and faster for small CNNs on
-  # XLA:CPU (S2 at batch 128: 2.0k -> 3.4k images/s with 16). 0 = the whole batch at
-  # once. BatchNorm models need ghost_batch_norm (below).
+  # Speed knobs; what each one gains, per platform: docs/performance.md.
+  # Gradients over slices of this many examples per device, averaged (0 = the whole
+  # batch at once): the same update up to float rounding.
   c.micro_batch_size = 0
-  # With micro_batch_size, let BatchNorm models normalise each slice with its own
-  # statistics ("ghost batch norm", Hoffer et al. 2017): a different model from the
-  # full-batch one, not a faster way to compute it. The VGG step at batch 128 ran at
-  # 1,660 images/s with slices of 16, against 1,333 for the whole batch (interleaved
-  # repeats, 2-core Xeon, cpu_convolutions='auto').
+  # With micro_batch_size, BatchNorm normalises each slice on its own ("ghost batch
+  # norm", Hoffer et al. 2017): a different model, so it must be asked for.
   c.ghost_batch_norm = False
   c.eval_batch_size = 1000
-  # The library XLA:CPU runs convolutions with: 'ynnpack' (XLA's default), 'eigen', or
-  # 'auto': Eigen for calls of 64 or more rows per device, where YNNPACK got slower per
-  # image as the batch grew (the VGG step at batch 128 ran 1.45x faster on Eigen, S4
-  # without micro-batches 1.8x); YNNPACK below, where it was as fast or faster (S2 with
-  # slices of 16: 1.1x to 1.5x). Results differ in float rounding only. No effect on GPU/TPU.
+  # The library XLA:CPU runs convolutions with: auto | ynnpack | eigen. Ignored elsewhere.
   c.cpu_convolutions = "auto"
-  # Train steps per jitted call (a lax.fori_loop over them): less host work per step.
-  # A call ends early where the loop has work to do (a log, an epoch's end, a
-  # checkpoint), so the results do not depend on it (bitwise, on CPU). 16 against 1 on
-  # a 2-core Xeon (benchmarks/scan_vs_loop.py): S1 at batch 128 1.47x, S2 at 64 1.07x,
-  # S4 at 32 1.08x, the VGG at 128 1.14x.
+  # Train steps per jitted call; the results do not depend on it.
   c.steps_per_call = 16
   c.num_epochs = 10
   c.seed = 0
@@ -123,14 +109,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Keys that may change between a run and its resumption: they do not change what the
-# saved state means. Any other change is refused, naming the keys.
-RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "steps_per_call", "progress",
-                     "eval_every_epochs", "eval_batch_size", "final_train_eval",
-                     "checkpoint_every_steps",
-                     "checkpoint_every_epochs", "keep_checkpoints", "mode", "data_dir",
-                     "data_source", "num_devices", "early_stopping_patience",
-                     "restore_best", "eval_train", "eval_train_size")
 MODES = ("train", "eval")
 
 
@@ -152,7 +130,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "lr_schedule", optim.SCHEDULES)
   _check_choice(config, "loss", losses.LOSSES)
   _check_choice(config, "data_source", DATA_SOURCES)
-  _check_choice(config, "cpu_convolutions", jitted.CPU_CONVOLUTIONS)
+  _check_choice(config, "cpu_convolutions", xla_cpu.CONVOLUTION_LIBRARIES)
   preprocess.parse_augment(config.augment)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)
@@ -231,14 +209,3 @@ def best_mode(config) -> str:
   if config.best_mode != "auto":
     return config.best_mode
   return "min" if config.best_metric.endswith("loss") else "max"
-
-
-def changed_keys(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """{key: (saved value, new value)} for every top-level key that differs, comparing the
-  JSON forms (config.json holds tuples as lists). Keys added since are compared with
-  their defaults."""
-  new = json.loads(config.to_json_best_effort())
-  defaults = json.loads(base_config().to_json_best_effort())
-  return {k: (saved.get(k, defaults.get(k)), new.get(k))
-          for k in sorted(set(saved) | set(new))
-          if saved.get(k, defaults.get(k)) != new.get(k, defaults.get(k))}

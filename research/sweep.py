@@ -28,6 +28,7 @@ import ml_collections
 from research import configs
 from research import errors
 from research import outputs
+from research.training import resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +162,7 @@ def check_existing(jobs: Sequence[Job]) -> None:
     saved = outputs.RunDir(job.workdir).read_config()
     if saved is None:
       continue
-    changed = {k: v for k, v in configs.changed_keys(saved, job.config).items()
-               if k not in configs.RESUMABLE_CHANGES}
+    changed = resume.refused_changes(resume.changed_keys(saved, job.config))
     if changed:
       clashes.append(f"{job.workdir}: " + "; ".join(
           f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))

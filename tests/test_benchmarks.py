@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 from experiments import cifar_cnn, mnist_cnn, mnist_mlp
-from research import configs, preprocess
+from research import configs, optim, preprocess
 from research.models import create_model
-from research.training import jitted, optim
 from research.training.state import count_params, create_train_state
-from research.training.step import train_step
+from research.training.step import StepConfig, train_step
 
 from conftest import REPO
 
@@ -232,7 +231,7 @@ def test_torch_train_step_does_our_update(case, torch_peers):
       tuple(config.normalize_std), float(config.label_smoothing))
   tx, _ = optim.create_optimizer(config, steps_per_epoch=10)
   state = create_train_state(ours, tx)
-  cfg = dataclasses.replace(jitted.step_config(config), augment=())
+  cfg = dataclasses.replace(StepConfig.from_config(config), augment=())
   ours_step = jax.jit(functools.partial(train_step, cfg=cfg))
   for i in range(2):
     images = _images(shape, n=8, seed=10 + i)

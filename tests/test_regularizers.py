@@ -13,9 +13,10 @@ import pytest
 from research import configs, corruption, errors, preprocess
 from research.data import types
 from research.models import MODELS, create_model
-from research.training import jitted, loop
+from research.training import loop
 from research.training.state import apply_model, create_train_state
-from research.training.step import StepConfig, max_norm_project, train_step
+from research.training.step import (StepConfig, max_norm_project, micro_batches,
+                                    train_step)
 
 from test_training import tiny_config
 
@@ -284,16 +285,16 @@ def test_micro_batches_give_the_full_batch_update(l2, micro_batches, data_shards
 def test_micro_batches_per_device(batch, devices, micro, slices):
   config = configs.base_config()
   config.batch_size, config.micro_batch_size = batch, micro
-  assert jitted.micro_batches(config, devices) == slices
+  assert micro_batches(config, devices) == slices
 
 
 def test_micro_batch_that_does_not_divide_a_device_shard_names_the_keys():
   config = configs.base_config()
   config.batch_size, config.micro_batch_size = 96, 16
-  assert jitted.micro_batches(config, 2) == 3   # 48 rows per device
+  assert micro_batches(config, 2) == 3   # 48 rows per device
   config.micro_batch_size = 32
   with pytest.raises(errors.ConfigError, match="micro_batch_size=32.*batch_size=96.*2 dev"):
-    jitted.micro_batches(config, 2)
+    micro_batches(config, 2)
 
 
 def test_micro_batches_are_refused_with_batch_norm(tmp_path, tiny_folder):

@@ -11,10 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from research import configs, sharding
-from research.models import create_model
-from research.training import jitted, loop, optim
-from research.training.state import create_train_state
+from research import configs, optim
+from research.training import jitted, loop
 from research.training.step import train_step
 
 from conftest import REPO
@@ -184,70 +182,10 @@ def test_bad_config_values_name_the_key():
     configs.validate(c)
 
 
-def _ynnpack_convolutions(hlo_text: str) -> int:
-  """How many YNNPACK fusions of an optimised HLO module compute a convolution."""
-  bodies, name = {}, None
-  for line in hlo_text.splitlines():
-    if line and not line[0].isspace() and line.rstrip().endswith("{"):
-      name = line.split()[1] if line.startswith("ENTRY") else line.split()[0]
-      bodies[name.lstrip("%")] = []
-    elif name is not None:
-      bodies[name.lstrip("%")].append(line)
-  called = [line.split("calls=%")[1].split(",")[0] for body in bodies.values()
-            for line in body if "__ynn_fusion" in line and "calls=%" in line]
-  return sum(any(" convolution(" in line for line in bodies[c]) for c in called)
-
-
-def test_cpu_convolutions_choose_the_library_by_rows():
-  """config.cpu_convolutions reaches XLA: 'eigen' (and 'auto' at >= 64 rows) leaves no
-  convolution to YNNPACK, which XLA:CPU gives the kernel gradient to by default (jax
-  0.10.2; if that assertion fails, XLA changed its default: re-measure the choice)."""
-  mesh = sharding.make_mesh(1)
-
-  def kernel_grad(x, w):
-    conv = lambda w: jax.lax.conv_general_dilated(
-        x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return jax.grad(lambda w: jnp.sum(conv(w) ** 2))(w)
-
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((64, 12, 12, 3)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((5, 5, 3, 8)), jnp.float32)
-  results = {}
-  for choice, rows in [("ynnpack", 64), ("eigen", 64), ("auto", 64), ("auto", 63)]:
-    fn = jax.jit(kernel_grad,
-                 compiler_options=jitted.cpu_compiler_options(choice, rows, mesh))
-    compiled = fn.lower(x, w).compile()
-    results[choice, rows] = (_ynnpack_convolutions(compiled.as_text()), compiled(x, w))
-  assert results["ynnpack", 64][0] > 0 and results["auto", 63][0] > 0
-  assert results["eigen", 64][0] == 0 and results["auto", 64][0] == 0
-  reference = np.asarray(results["ynnpack", 64][1])
-  np.testing.assert_allclose(results["eigen", 64][1], reference, rtol=0,
-                             atol=1e-5 * np.abs(reference).max())
-  gpu = type("Mesh", (), {"devices": np.array([type("Dev", (), {"platform": "gpu"})])})
-  assert jitted.cpu_compiler_options("eigen", 512, gpu) == {}
-
-
-@pytest.mark.parametrize("micro_batch_size, on_ynnpack", [(0, False), (16, True)])
-def test_run_step_picks_the_convolution_library_by_rows_per_call(micro_batch_size,
-                                                                 on_ynnpack):
-  """The loop's train step at batch 64: Eigen for the whole batch, YNNPACK for slices
-  of 16 (config.cpu_convolutions='auto')."""
-  c = configs.base_config()
-  c.model, c.batch_size, c.micro_batch_size = "mnist_cnn", 64, micro_batch_size
-  mesh = sharding.make_mesh(1)
-  model = create_model(c.model, input_shape=(28, 28, 1), num_classes=10, seed=0)
-  state = create_train_state(model, optim.create_optimizer(c, steps_per_epoch=1)[0])
-  train_fn = jitted.make_train_fn(jitted.step_config(c, 1), mesh, c.batch_size, seed=0)
-  data = (jnp.zeros((64, 28, 28, 1), jnp.uint8), jnp.zeros(64, jnp.int32),
-          jnp.arange(64, dtype=jnp.int32))
-  hlo = train_fn.lower(state, *data, 0, 1).compile().as_text()
-  assert (_ynnpack_convolutions(hlo) > 0) == on_ynnpack
-
-
 EIGHT_VS_ONE = """
 import json, sys, jax, numpy as np
 from research import configs
-from research.training import loop
+from research.training import jitted, loop
 assert jax.device_count() == 8
 results = {}
 for n in (8, 1):

@@ -48,8 +48,8 @@ def create_model(name: str, *, input_shape, num_classes: int, seed: int = 0, **k
     raise errors.ConfigError(
         f"Unknown model {name!r}; registered models are {sorted(MODELS)}.") from None
   try:
-    # Built under one jit: run eagerly, every initialiser op compiles on its own, which
-    # cost seconds per model on a CPU. The parameters are the same either way.
+    # Built under one jit: run eagerly, every initialiser op would compile on its own.
+    # The parameters are the same either way.
     build = nnx.jit(lambda: factory(input_shape=tuple(input_shape),
                                     num_classes=num_classes, rngs=nnx.Rngs(params=seed),
                                     **kwargs))

@@ -46,7 +46,7 @@ class ConvPoolNet(nnx.Module):
     self.dropout_rate = dropout
     ins = [c, *channels[:-1]]
     self.convs = nnx.List([
-        layers.conv(i, o, k, padding="VALID", use_bias=not batch_norm, rngs=rngs)
+        nnx.Conv(i, o, (k, k), padding="VALID", use_bias=not batch_norm, rngs=rngs)
         for i, o, k in zip(ins, channels, kernels)])
     sizes = [side_h * side_w * channels[-1], *dense]
     self.dense = nnx.List(
@@ -61,7 +61,8 @@ class ConvPoolNet(nnx.Module):
     base.check_input(x, self.input_shape)
     h, layer = x, 0
     for conv in self.convs:
-      h = layers.max_pool(self.act(self._norm(layer, conv(h), train)))
+      h = self.act(self._norm(layer, conv(h), train))
+      h = nnx.max_pool(h, (2, 2), strides=(2, 2))
       layer += 1
     h = base.flatten(h)
     for dense in self.dense:

@@ -40,8 +40,8 @@ class VGG(nnx.Module):
     in_ch = input_shape[-1]
     for width in widths:
       for _ in range(convs_per_block):
-        convs.append(layers.conv(in_ch, width, 3, padding="SAME",
-                                 use_bias=not batch_norm, rngs=rngs))
+        convs.append(nnx.Conv(in_ch, width, (3, 3), padding="SAME",
+                              use_bias=not batch_norm, rngs=rngs))
         if batch_norm:
           norms.append(nnx.BatchNorm(width, momentum=bn_momentum, rngs=rngs))
         in_ch = width
@@ -60,7 +60,7 @@ class VGG(nnx.Module):
       h = self.act(h)
       if (i + 1) % self.convs_per_block == 0:
         block = i // self.convs_per_block
-        h = layers.max_pool(h)
+        h = nnx.max_pool(h, (2, 2), strides=(2, 2))
         h = layers.dropout(h, self.block_dropout[block],
                            layers.layer_key(dropout_key, block), train)
     h = jnp.mean(h, axis=(1, 2))

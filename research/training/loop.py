@@ -22,12 +22,14 @@ from research import outputs
 from research import plots
 from research import preprocess
 from research import progress as progress_lib
+from research import optim
 from research import sharding
+from research import tuning as tuning_lib
 from research.models import create_model
-from research.training import optim
 from research.training import resume
 from research.training.inputs import load_data, put_split, subset
-from research.training.jitted import epoch_permutation, make_eval_fn, make_train_fn, step_config
+from research.training.jitted import epoch_permutation, make_eval_fn, make_train_fn
+from research.training.step import StepConfig
 from research.training.resume import TrainProgress
 from research.training.state import TrainState, count_params, create_train_state
 
@@ -150,7 +152,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   dataset = load_data(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
-  cfg = step_config(config, mesh.size)   # checks micro_batch_size against each shard
+  cfg = StepConfig.from_config(config, mesh.size)   # checks micro_batch_size per shard
   steps_per_epoch = len(dataset.train.labels) // config.batch_size
   if steps_per_epoch == 0:
     raise errors.ConfigError(f"config.batch_size={config.batch_size} is larger than the "
@@ -174,7 +176,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
     writer.lock()   # creates the workdir
   checkpoints = checkpoint_lib.Checkpoints(writer.checkpoint_dir, config.keep_checkpoints,
                                            read_only=not training)
-  state = jax.device_put(create_train_state(model, tx), sharding.replicated(mesh))
+  tuning = tuning_lib.for_mesh(mesh, config)
+  state = jax.device_put(create_train_state(model, tx, tuning.model_fn),
+                         sharding.replicated(mesh))
   state, train_progress, resumed_from = resume.restore(checkpoints, state, writer, config,
                                                        steps_per_epoch)
   if training:
@@ -194,8 +198,8 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   run = Run(config=config, writer=writer, dataset=dataset, mesh=mesh, state=state,
             schedule=schedule, steps_per_epoch=steps_per_epoch,
             train_on_batches=make_train_fn(cfg, mesh, config.batch_size, config.seed,
-                                           config.steps_per_call),
-            evaluate=make_eval_fn(cfg, mesh, eval_batch_size),
+                                           config.steps_per_call, tuning),
+            evaluate=make_eval_fn(cfg, mesh, eval_batch_size, tuning),
             train_split=train_split, eval_splits=eval_splits,
             progress=progress_lib.Progress(steps_per_epoch * config.num_epochs,
                                            initial_step=int(state.step),
@@ -280,8 +284,7 @@ def _steps_in_call(config, step: int, spe: int, total: int, hook) -> int:
   """Steps for the next call: up to config.steps_per_call, ending after the first step
   that the loop has work after (a log, an epoch's end, a checkpoint, a test's signal).
   Calls of any length run the same program, and the steps are the same whatever the
-  length: on CPU the parameters are bitwise those of one step per call
-  (tests/test_training.py)."""
+  length (bitwise, tests/test_training.py)."""
   for count in range(1, config.steps_per_call):
     done = step + count
     if (done % config.log_every_steps == 0 or done % spe == 0

@@ -2,13 +2,25 @@
 the check of a re-run's config against the saved one, and restoring from checkpoints."""
 
 import dataclasses
+import json
 
 import jax
+import ml_collections
 import numpy as np
 
 from research import configs
 from research import errors
 from research import outputs
+
+
+# Keys that may change between a run and its resumption: they do not change what the
+# saved state means. Any other change is refused, naming the keys.
+RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "steps_per_call", "progress",
+                     "eval_every_epochs", "eval_batch_size", "final_train_eval",
+                     "checkpoint_every_steps", "checkpoint_every_epochs",
+                     "keep_checkpoints", "mode", "data_dir", "data_source", "num_devices",
+                     "early_stopping_patience", "restore_best", "eval_train",
+                     "eval_train_size")
 
 
 @dataclasses.dataclass
@@ -69,14 +81,30 @@ def check_resumable(writer: outputs.RunDir, config) -> dict:
   saved = writer.read_config()
   if saved is None:
     return {}
-  changes = configs.changed_keys(saved, config)
-  refused = {k: v for k, v in changes.items() if k not in configs.RESUMABLE_CHANGES}
+  changes = changed_keys(saved, config)
+  refused = refused_changes(changes)
   if refused:
     listing = "; ".join(f"config.{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
     raise errors.ConfigError(
         f"{writer.path} holds a run with a different config, which cannot be resumed "
         f"with these changes: {listing}. Use the same values, or pass a new --workdir.")
   return changes
+
+
+def changed_keys(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{key: (saved value, new value)} for every top-level key that differs, comparing the
+  JSON forms (config.json holds tuples as lists). Keys added since are compared with
+  their defaults."""
+  new = json.loads(config.to_json_best_effort())
+  defaults = json.loads(configs.base_config().to_json_best_effort())
+  return {k: (saved.get(k, defaults.get(k)), new.get(k))
+          for k in sorted(set(saved) | set(new))
+          if saved.get(k, defaults.get(k)) != new.get(k, defaults.get(k))}
+
+
+def refused_changes(changes: dict[str, tuple]) -> dict[str, tuple]:
+  """The changes that a resumed run may not make."""
+  return {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
 
 
 def restore(checkpoints, state, writer, config, steps_per_epoch):

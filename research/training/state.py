@@ -5,7 +5,7 @@ and BatchNorm statistics. The jitted step merges them back for a forward pass an
 the updated statistics out again, so everything jit sees is a pure function of pytrees.
 """
 
-from typing import Any
+from typing import Any, Callable
 
 from flax import nnx
 from flax import struct
@@ -22,13 +22,26 @@ class TrainState:
   opt_state: Any
   graphdef: nnx.GraphDef = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  model_fn: Callable = struct.field(pytree_node=False)   # call_model, maybe tuned
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> TrainState:
+def call_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
+               images: jax.Array, *, train: bool, dropout_key: jax.Array | None):
+  """The model's forward pass as a pure function: (logits, updated BatchNorm stats)."""
+  # copy=True: fresh Variables at this trace level, which BatchNorm may then update.
+  model = nnx.merge(graphdef, params, batch_stats, copy=True)
+  logits = model(images, train=train, dropout_key=dropout_key)
+  _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return logits, batch_stats
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
+                       wrap_model: Callable = lambda fn: fn) -> TrainState:
+  """The state of a fresh run; `wrap_model` (a platform's tuning) wraps `call_model`."""
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=batch_stats, opt_state=tx.init(params),
-                    graphdef=graphdef, tx=tx)
+                    graphdef=graphdef, tx=tx, model_fn=wrap_model(call_model))
 
 
 def apply_model(state: TrainState, params: nnx.State, images: jax.Array, *,
@@ -37,11 +50,8 @@ def apply_model(state: TrainState, params: nnx.State, images: jax.Array, *,
   """Returns (logits, updated BatchNorm statistics); the statistics start from
   `batch_stats`, by default the state's."""
   batch_stats = state.batch_stats if batch_stats is None else batch_stats
-  # copy=True: fresh Variables at this trace level, which BatchNorm may then update.
-  model = nnx.merge(state.graphdef, params, batch_stats, copy=True)
-  logits = model(images, train=train, dropout_key=dropout_key)
-  _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  return logits, batch_stats
+  return state.model_fn(state.graphdef, params, batch_stats, images, train=train,
+                        dropout_key=dropout_key)
 
 
 def count_params(state: TrainState) -> int:

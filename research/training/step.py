@@ -9,19 +9,22 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from research import errors
+from research import losses
 from research import preprocess
-from research.training import losses
 from research.training.state import TrainState, apply_model
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """What the step needs from the run config, as hashable static values."""
+  """What the step needs from the run config, as hashable static values. Fields named
+  like a config key take its value (`from_config`)."""
   loss: str = "cross_entropy"
   label_smoothing: float = 0.0
-  mean: tuple[float, ...] = (0.0,)
-  std: tuple[float, ...] = (1.0,)
+  normalize_mean: tuple[float, ...] = (0.0,)
+  normalize_std: tuple[float, ...] = (1.0,)
   augment: tuple[str, ...] = ()
   crop_padding: int = 4
   cutout_size: int = 8
@@ -30,7 +33,35 @@ class StepConfig:
   max_norm: float = 0.0
   micro_batches: int = 1   # gradients accumulated over this many slices of each shard
   data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
-  cpu_convolutions: str = "auto"   # research/training/jitted.py cpu_compiler_options
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  num_devices: int = 1) -> "StepConfig":
+    derived = {"augment": preprocess.parse_augment(config.augment),
+               "micro_batches": micro_batches(config, num_devices),
+               "data_shards": num_devices}
+    taken = {f.name: _typed(f.default, config[f.name]) for f in dataclasses.fields(cls)
+             if f.name not in derived}
+    return cls(**taken, **derived)
+
+
+def _typed(default, value):
+  """`value` with the type of the field's default: config.json holds tuples as lists."""
+  return tuple(value) if isinstance(default, tuple) else type(default)(value)
+
+
+def micro_batches(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """Slices per device shard of the batch: config.micro_batch_size rows each, or the
+  whole shard when it is no larger than that (e.g. batch 64 over 8 devices)."""
+  shard = config.batch_size // num_devices
+  size = config.micro_batch_size
+  if not size or size >= shard:
+    return 1
+  if shard % size:
+    raise errors.ConfigError(
+        f"config.micro_batch_size={size} must divide the batch each device gets "
+        f"(config.batch_size={config.batch_size} over {num_devices} device(s): {shard}).")
+  return shard // size
 
 
 # The metrics train_step returns, each a float32 scalar.
@@ -68,12 +99,12 @@ def max_norm_project(params, max_norm: float):
 def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   """One optimiser update on `batch = {'image': NHWC uint8 (or float32), 'label': int32 N}`."""
   augment_key, dropout_key = jax.random.split(key)
-  images = preprocess.normalize(batch["image"], cfg.mean, cfg.std)
+  images = preprocess.normalize(batch["image"], cfg.normalize_mean, cfg.normalize_std)
   if cfg.augment:
     images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding,
                                 cfg.cutout_size)
 
-  def loss_fn(params, images, labels, dropout_key, batch_stats=None):
+  def loss_fn(params, images, labels, dropout_key, batch_stats):
     logits, batch_stats = apply_model(state, params, images, train=True,
                                       dropout_key=dropout_key, batch_stats=batch_stats)
     loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing).mean()
@@ -81,13 +112,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
       loss = loss + penalty(params, cfg.l1, cfg.l2)
     return loss, (logits, batch_stats)
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if cfg.micro_batches == 1:
-    (loss, (logits, batch_stats)), grads = grad_fn(state.params, images, batch["label"],
-                                                   dropout_key)
-  else:
-    loss, logits, batch_stats, grads = _accumulate(grad_fn, state, images,
-                                                   batch["label"], dropout_key, cfg)
+  grad_fn = in_slices(jax.value_and_grad(loss_fn, has_aux=True), cfg.micro_batches,
+                      cfg.data_shards)
+  (loss, (logits, batch_stats)), grads = grad_fn(state.params, images, batch["label"],
+                                                 dropout_key, state.batch_stats)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
   if cfg.max_norm:
@@ -99,41 +127,42 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   return new_state, metrics
 
 
-def _accumulate(grad_fn, state, images, labels, dropout_key, cfg: StepConfig):
-  """The mean loss and gradient over the batch, computed slice by slice: the same
-  numbers up to float rounding for models without BatchNorm. With BatchNorm each slice
-  is normalised with its own statistics ('ghost batch norm'), and the running averages
-  are updated slice after slice. Unrolled on purpose: on XLA:CPU the convolutions of a
-  small slice run much faster per image than those of a large batch
-  (benchmarks/train_step.py).
-
-  Slice i takes rows i*s..(i+1)*s of every device's shard of the batch, so that each
-  device works on its own rows and no slice moves data between devices."""
-  shards, micro_batches = cfg.data_shards, cfg.micro_batches
+def in_slices(grad_fn, micro_batches: int, data_shards: int):
+  """`grad_fn(params, images, labels, dropout_key, batch_stats) -> ((loss, (logits,
+  batch_stats)), grads)` computed over `micro_batches` slices of the batch and averaged:
+  the same numbers up to float rounding for models without BatchNorm. With BatchNorm
+  each slice is normalised with its own statistics ('ghost batch norm'), and the running
+  averages are updated slice after slice. Slice i takes rows i*s..(i+1)*s of every
+  device's shard, so that no slice moves data between devices. Unrolled, so that each
+  slice's convolutions are as small as the slice (docs/performance.md)."""
+  if micro_batches == 1:
+    return grad_fn
 
   def part(x, i):
-    x = x.reshape((shards, micro_batches, -1) + x.shape[1:])[:, i]
+    x = x.reshape((data_shards, micro_batches, -1) + x.shape[1:])[:, i]
     return x.reshape((-1,) + x.shape[2:])
 
-  loss, grads, logits = 0.0, None, [None] * micro_batches
-  batch_stats = state.batch_stats
-  for i in range(micro_batches):
-    (part_loss, (logits[i], batch_stats)), part_grads = grad_fn(
-        state.params, part(images, i), part(labels, i),
-        None if dropout_key is None else jax.random.fold_in(dropout_key, i), batch_stats)
-    loss = loss + part_loss
-    grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
-  # Back to the batch's row order: (slice, shard, row) -> (shard, slice, row).
-  logits = jnp.stack(logits).reshape((micro_batches, shards, -1, logits[0].shape[-1]))
-  logits = logits.transpose(1, 0, 2, 3).reshape(labels.shape + logits.shape[-1:])
-  scale = 1.0 / micro_batches
-  return (loss * scale, logits, batch_stats,
-          jax.tree.map(lambda g: g * scale, grads))
+  def sliced(params, images, labels, dropout_key, batch_stats):
+    loss, grads, logits = 0.0, None, [None] * micro_batches
+    for i in range(micro_batches):
+      (part_loss, (logits[i], batch_stats)), part_grads = grad_fn(
+          params, part(images, i), part(labels, i),
+          None if dropout_key is None else jax.random.fold_in(dropout_key, i), batch_stats)
+      loss = loss + part_loss
+      grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
+    # Back to the batch's row order: (slice, shard, row) -> (shard, slice, row).
+    logits = jnp.stack(logits).reshape((micro_batches, data_shards, -1,
+                                        logits[0].shape[-1]))
+    logits = logits.transpose(1, 0, 2, 3).reshape(labels.shape + logits.shape[-1:])
+    scale = 1.0 / micro_batches
+    return (loss * scale, (logits, batch_stats)), jax.tree.map(lambda g: g * scale, grads)
+
+  return sliced
 
 
 def eval_step(state: TrainState, batch: dict, cfg: StepConfig):
   """Per-example losses and predicted classes, in inference mode."""
-  images = preprocess.normalize(batch["image"], cfg.mean, cfg.std)
+  images = preprocess.normalize(batch["image"], cfg.normalize_mean, cfg.normalize_std)
   logits, _ = apply_model(state, state.params, images, train=False)
   loss = losses.per_example_loss(cfg.loss, logits, batch["label"], 0.0)
   return loss, jnp.argmax(logits, -1)
