@@ -25,8 +25,8 @@ Wall time runs from building the model to the test accuracy:
 Each framework initialises its model its own way (flax lecun-normal, torch kaiming-
 uniform, Keras glorot-uniform), so accuracies differ by a seed's worth of noise.
 With --repeats=N the frameworks take turns N times, the order rotated each time (ours
-compiling from scratch every time), and the table reports each framework's median run;
-PyTorch's S4 time varied from 11.7 to 20.8 s between single runs on this machine.
+compiling from scratch every time), and the table reports each framework's median run:
+PyTorch's time varies between single runs. Measured results: docs/performance.md.
 """
 
 import os

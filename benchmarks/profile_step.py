@@ -12,8 +12,8 @@ trace's events per instruction of the optimised HLO, and groups the instructions
 the same work on different micro-batch slices: same kind, shape and source operation,
 where `jvp` is the forward pass and `transpose(jvp)` the backward pass.
 
-This is how the convolution padding in research/models/layers.py was found: S4's first
-convolution, 6 filters, took half of the step before it.
+It found the convolution channel padding of docs/performance.md ("Tuning for XLA:CPU"),
+where the measurements are logged.
 """
 
 import collections

@@ -15,12 +15,9 @@ computation only (openxla/xla xla/service/cpu/conv_canonicalization.cc). Autodif
 a kernel gradient as a convolution over the batch ("f01b_i01o->01bf") and an input
 gradient with the kernel's channel axes swapped ("b01f_01oi->b01f"). With one step per
 call both are canonicalised; inside a while loop they stay as they are and run as XLA's
-generic emitted loops: several steps per call with autodiff's convolutions ran 3.6 to 14
-times slower than the Python loop (S2 and S4, README; the kernel gradient of one 3x3
-convolution, 13x13x32 -> 64 channels, took 2.8 to 7 ms per call at batch 64 and 313 ms
-as a loop iteration; 2-core Xeon, jax 0.10.2). `research/models/layers.py`'s convolution
-writes its own gradients in the canonical order on CPU, which makes several steps per
-call faster than the Python loop.
+generic emitted loops, many times slower. On CPU the library's convolutions write their
+own gradients in the canonical order, which makes several steps per call faster than the
+Python loop. Measured results: docs/performance.md.
 """
 
 import contextlib

@@ -23,7 +23,7 @@ float32 matmul under jit (the practical compute peak of the machine).
 
 Data is synthetic uint8 pixels of the dataset's shape (throughput does not depend on
 the values). Not timed: data augmentation (VGG's recipe has crop+flip; left out for all
-frameworks so that they do the same work; issue 2 measured it at no visible cost) and
+frameworks so that they do the same work; it was measured at no visible cost) and
 learning-rate schedules (constant in the peers).
 """
 

@@ -18,27 +18,10 @@ Variants:
   full     the default model at twice the width for 40 epochs: for a GPU or TPU.
   smoke    the default code path on 512 images for one epoch (tests and CI).
 
-Measured (seed 0, jax 0.10.2, one CPU device, on the JPEG copy of CIFAR-10 in
-../shared/datasets; 2-core AMD EPYC CPU unless said, with other jobs sharing the machine):
-  default  81.79% test accuracy (85.06% train), 366 s wall time, compile and per-epoch
-           test evaluations included, on a quiet 2-core Xeon (AVX-512) with
-           cpu_convolutions='auto' and steps_per_call=16 (research/configs.py); the
-           same accuracy in 409 s with one step per call, and 82.03% in 597 s with one
-           step per call and --config.cpu_convolutions=ynnpack, XLA's default. On the
-           EPYC: 81.76% in 606 s (with YNNPACK, quiet machine).
-           A different model, for speed on a CPU: --config.micro_batch_size=16
-           --config.ghost_batch_norm=True normalises each slice of 16 images with its
-           own BatchNorm statistics (research/configs.py): 81.54% test (84.48% train)
-           in 286 s on the Xeon (344 s with one step per call). On the EPYC:
-           81.63% test (84.40% train) in 482 s. Kept out of the default so that the
-           default is the plain full-batch model on every platform.
-  lenet    48.17% test, 25 s on a quiet machine, with micro_batch_size=16 and the
-           convolution padding of research/models/layers.py (48.28% and 36 s
-           with the micro-batches only; 48.31% and 42 s before both).
-  seed_s5  68.02% test (78.31% train), 366 s.
-  seed_s6  65.38% test (69.68% train), 471 s.
-  (seed_s5 and seed_s6 predate the max_pool tie change and were not re-run.)
-  full     not measured here (needs a GPU or TPU).
+Measured accuracy and time, with the machine: the README's Results table for the default,
+docs/performance.md for the variants and for ghost BatchNorm (`--config.micro_batch_size=16
+--config.ghost_batch_norm=True`, faster on a CPU but a different model, so not the
+default).
 """
 
 import ml_collections

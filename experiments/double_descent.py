@@ -10,21 +10,14 @@ with momentum 0.9 at lr 0.01, batch 100, 500 epochs (20,000 steps), ReLU MLPs wi
 hidden layers of width h, swept from 2 to 300. The data are generated offline by the
 `mnist1d` package (research/data/mnist1d.py), never downloaded.
 
-Reference: test error peaks at about 54% near h = 47 to 61, where the train error first
-reaches 0; it is 47% at h = 16 and 45% at h = 300. Without label noise (`clean`) it falls
-monotonically to about 37%.
+Reference: test error peaks near h = 47 to 61, where the train error first reaches 0,
+and falls again for wider nets; its figures are PUBLISHED below. Without label noise
+(`clean`) it falls monotonically.
 
 Variants: default (15% label noise), `clean` (no noise), `smoke` (2 widths, 10 epochs).
 
-Measured (2 seeds per width, 2-core AMD EPYC CPU, jax 0.10.2; each sweep took about
-20 minutes at --parallel 1 while other jobs shared the machine; results and figures in
-docs/studies/double_descent/), test error:
-  15% noise  h=16: 47.1% (reference 47%), the minimum; it rises to a peak of 55.8% at
-             h=48 (reference about 54% near h = 47 to 61), the first width whose train
-             error reaches 0 (99.99% train accuracy on the noisy labels), then falls
-             again to 47.9% at h=300 (reference 45%). The peak at interpolation is there.
-  clean      falls from 69% (h=2) to 42% by h=16, stays within 42-44% up to h=48, and
-             falls to 35.5% at h=300 (reference: monotone, to about 37%); no peak.
+Results: docs/studies/double_descent/results.md (clean/ without noise); what they show
+and sweep times: docs/studies/double_descent/notes.md.
 """
 
 from research import configs

@@ -6,8 +6,7 @@
 
 A sweep (research/sweep.py) of five regularisers of one ReLU MLP: none, L2, max-norm,
 dropout + L2 and dropout + max-norm, with test error beside Srivastava's in
-DIR/results.md, and learning_curves.png, test_error.png and gap.png
-(docs/studies/dropout_mnist/).
+DIR/results.md, and learning_curves.png, test_error.png and gap.png.
 
 Srivastava's net is 784-1024-1024-2048-10 ReLU, trained with SGD, momentum 0.95, for
 about a million weight updates; dropout keeps inputs with probability 0.8 and hidden
@@ -15,53 +14,18 @@ units with 0.5, and max-norm caps each unit's incoming weight vector at c = 3-4.
 the same net at a quarter of the width, 784-256-256-512-10 (403k parameters), SGD with
 momentum 0.95 at lr 0.02, cosine-decayed to 0, batch 128; dropout 0.2 on the inputs and
 0.5 after each hidden layer; L2 = 1e-3 (1e-4 on all 60k images) added to the loss as
-L2 * sum(w^2) over the kernels; max-norm c = 1 on every kernel, head included.
+L2 * sum(w^2) over the kernels; max-norm c = 1 on every kernel, head included. Six times
+less data, rather than more updates, is what lets the regularisers matter within a CPU
+budget.
 
 Variants:
   default    10,000 training images (a seeded subset), 40 epochs: 3,120 updates, 3 seeds.
   full_data  all 60,000 images, 20 epochs: 9,360 updates, 2 seeds.
   smoke      the sweep's code path: 2 points, 1 seed, 512 images, 1 epoch (tests, CI).
 
-Measured (2-core AMD EPYC CPU, one CPU device, --parallel 1, with other jobs sharing the
-machine, load average 2-4):
-  default    246 s wall for the 15 runs (14-19 s each), 350 s of CPU time.
-  full_data  488 s wall for the 10 runs (42-57 s each), 492 s of CPU time.
-  smoke      16 s wall with an empty JAX compilation cache, 10 s with it warm.
-
-  test error (%), mean ± std over seeds, on all 10,000 test images:
-  point              default (10k)   full_data (60k)   Srivastava (60k, ~1M updates)
-  none               3.85 ± 0.12     1.61 ± 0.03       –
-  L2                 3.68 ± 0.06     1.61 ± 0.04       1.62
-  max-norm           3.84 ± 0.11     1.64 ± 0.09       1.35
-  dropout+L2         3.45 ± 0.15     2.16 ± 0.01       1.25
-  dropout+max-norm   3.48 ± 0.05     2.00 ± 0.01       1.05
-
-What it shows:
-- default: the shape holds in part. The unregularised net fits its 10,000 images (100%
-  train) by epoch 12; dropout with either L2 or max-norm is best, 0.4 points of test
-  error below no regulariser, L2 alone is in between (-0.17) and max-norm alone does
-  nothing (-0.01). Unlike Srivastava, dropout+max-norm does not beat dropout+L2 (3.48
-  against 3.45, within one std), and the dropout nets' test error is still falling at
-  epoch 40 (learning_curves.png).
-- full_data: with all of MNIST the budget is too short for dropout, which loses: its nets
-  still underfit (98.7% train in inference mode) and test 0.4-0.55 points worse than no
-  regulariser. Dropout+max-norm does beat dropout+L2 there (2.00 against 2.16). The gap
-  closes with training: after 10 epochs (L2 1e-3) it was 0.8-0.95 points (none 1.70,
-  dropout+max-norm 2.53, dropout+L2 2.65). The plain nets' 1.61% matches Srivastava's
-  L2 figure; his dropout figures need his ~100x more updates and 4x the width.
-
-Tuned, briefly (one seed unless said, test accuracy %):
-- lr, dropout+max-norm (c=3) on 60k for 10 epochs: 0.01 97.16, 0.02 97.43, 0.05 97.06,
-  0.1 93.43; without dropout, 0.02 and 0.05 both 98.3.
-- max-norm c: Srivastava's c=3 never binds in runs this short (the largest incoming norm
-  after 10 epochs on 60k was 2.3, the median in the first layer 1.4), so it equals no
-  constraint; on 10k: c=0.5 95.63 (hurts), c=1 96.14 (none 96.08); with dropout c=1
-  96.57, c=2 96.38, c=3 96.41.
-- L2 on 10k: 1e-4 96.07, 1e-3 96.27; with dropout both 96.44. On 60k for 10 epochs 1e-3
-  cost 0.2 points (2 seeds), hence 1e-4 there.
-- Six times less data, rather than more updates, is what lets the regularisers matter
-  within a CPU budget: on 10k the plain net overfits (a gap of 3.9 points) within a
-  third of the run.
+Results: docs/studies/dropout_mnist/results.md (full_data/ for all 60,000 images); what
+they show, the tuning behind lr, c and L2, and sweep times:
+docs/studies/dropout_mnist/notes.md.
 """
 
 from research import configs

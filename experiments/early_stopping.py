@@ -22,29 +22,8 @@ Variants:
   smoke  noise 0.5, both arms, 1 seed, 512 train / 256 validation / 256 test images,
          2 epochs, patience 1: the real code path in well under a minute.
 
-What it shows: with label noise the network first learns the true rule (test accuracy
-peaks at 88 to 91% at epoch 2 to 4), then memorises the wrong labels (train accuracy on the
-noisy labels climbs to about 100%) and test accuracy falls to 62%; early stopping stops
-at epoch 7 to 9 and keeps the early model, 28 points better. Its train accuracy on the
-noisy labels, 53%, is about what a model predicting the true class gets (50% kept +
-5% redrawn to the same class = 55%): it has not memorised the noise, hence the negative
-gap. Without noise the two arms are 0.12 points apart: early stopping gives no benefit,
-as Zhang et al. 2017 found on CIFAR-10 ("Early stopping gave no benefit").
-
-Measured (seeds 0 and 1, 2-core AMD EPYC CPU, jax 0.10.2, MNIST from
-../shared/datasets; mean +- std over seeds; the machine was shared with other jobs
-(load average about 6 on 2 cores), so wall times are pessimistic):
-
-  point                      train acc (%)   test acc (%)   steps trained   wall (s)
-  noise=0.0_to_the_end       100.00 +- 0.00  94.96 +- 0.03   1560            68 +- 2
-  noise=0.0_early_stopping   100.00 +- 0.00  94.84 +- 0.12    916 +- 414     36 +- 13
-  noise=0.5_to_the_end        99.55 +- 0.41  61.77 +- 0.45   1560            46 +- 1
-  noise=0.5_early_stopping    53.44 +- 3.22  89.57 +- 2.15    312 +- 55      19 +- 2
-
-  39 steps an epoch. The early-stopped noisy runs kept epochs 2 and 4 (stopped at 7
-  and 9); the clean ones kept epochs 11 and 26 (stopped at 16 and 31).
-  The whole sweep (8 runs, one at a time): 6 min 37 s. Smoke: about 31 s.
-  Results and plots: docs/studies/early_stopping/.
+Results: docs/studies/early_stopping/results.md; what they show, the epochs kept and
+sweep times: docs/studies/early_stopping/notes.md.
 """
 
 from research import configs

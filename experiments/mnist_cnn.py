@@ -11,15 +11,7 @@ held out for validation (a seeded, shuffled split: Keras' `validation_split` tak
 tail, which in a class-sorted archive holds only the last classes).
 S3: Conv32 3x3 ReLU - MaxPool 2 - Dense 10, same recipe.
 
-Measured (seed 0, 2-core AMD EPYC CPU, jax 0.10.2, MNIST from ../shared/datasets, other
-jobs sharing the machine):
-  S2 (default): 98.83% test accuracy, 99.75% train, 194 s wall time (with
-  micro_batch_size=16; 98.50% and 227 s before it, the same update up to rounding).
-  S3 (minimal): 97.91% test accuracy, 99.39% train, 49 s wall time (with
-  micro_batch_size=16; 97.89% and 58 s before it).
-  S2 on Fashion-MNIST (Debian's dataset-fashion-mnist IDX files in
-  /usr/share/datasets/fashion-mnist): 91.11% test, 96.55% train, 190 s (before
-  micro_batch_size and the max_pool tie change; not re-run).
+Measured accuracy and time, with the machine: docs/performance.md.
 """
 
 from research import configs
@@ -34,7 +26,7 @@ def get_config(variant: str | None = None):
   c.batch_size = 64
   c.num_epochs = 10
   c.validation_size = 0.2
-  c.micro_batch_size = 16   # same update, faster on a CPU (see configs.py)
+  c.micro_batch_size = 16   # same update, faster on a CPU (docs/performance.md)
   if variant == "minimal":
     c.model = "minimal_cnn"
   elif variant == "smoke":

@@ -30,54 +30,8 @@ subset: 15 steps an epoch). The MLP keeps Zhang's optimiser recipe and reaches ~
 The sweeps are deterministic: corruption's points 0.0 and 1.0 reproduce the default
 sweep's true and random labels to the last digit.
 
-Measured (2-core AMD EPYC CPU, jax 0.10.2, the JPEG copy of CIFAR-10 in
-../shared/datasets; mean +- std over seeds 0 and 1; the machine was shared with other
-jobs (load average 6 to 8 on 2 cores), so wall times are pessimistic):
-
-  default, MLP 1x512             train (%)     test (%)     epochs to 90 / 99% train
-  true labels                    99.84 +- 0.03  42.75 +- 0.78   11 / 21
-  random labels                  99.65 +- 0.07   9.50 +- 1.84   15.5 / 28.5
-  shuffled pixels                99.85 +- 0.01  42.30 +- 0.64   11 / 20.5
-  random pixels                  99.99 +- 0.01  18.65 +- 1.20    5 / 10
-  Gaussian                      100.00 +- 0.00  10.40 +- 0.07    2 / 3
-  published (Table 1, MLP 1x512, 50,000 images): true labels 100.0 / 50.51,
-  random labels 99.34 / 10.61.
-  Whole sweep (10 runs, one at a time): 11 min 35 s; 48 to 79 s a run.
-
-  corruption, MLP 1x512: test error 57.3, 63.4, 69.9, 76.6, 84.5, 90.5% at corruption
-  0, 0.2, 0.4, 0.6, 0.8, 1.0 (train error 0.2 to 0.4% throughout); epochs to 99% train
-  21, 27.5, 27, 29, 28.5, 28.5. Whole sweep (12 runs): 9 min 41 s.
-
-  cnn, S2 CNN, seed 0 only     train (%)  test (%)  epochs to 90 / 99% train
-  true labels                    100.00     45.50     12 / 16
-  random labels                  100.00     10.85     16 / 20
-  shuffled pixels                 98.35     33.65     20 / -
-  random pixels                   95.05     20.85     22 / -
-  Gaussian                        95.05     10.55     24 / -
-  Whole sweep (5 runs): 12 min 22 s. Smoke: 30 to 40 s. The cnn runs predate the
-  change of max_pool's gradient on tied maxima (research/models/layers.py), which moved
-  the regularization study's CNN results by up to 0.5 points a seed; not re-run.
-
-What it shows:
-- Both networks memorise random labels: ~100% train accuracy, test at chance (10%),
-  as in Table 1. Random labels take longer than true ones, by a small constant factor
-  (MLP: 28.5 against 21 epochs to 99%; CNN: 20 against 16).
-- Fig. 1(c): the MLP's test error rises smoothly from 57% to 90% with the corruption
-  level while its train error stays ~0; the time to fit grows only slowly with it
-  (Fig. 1(b)).
-- Shuffled pixels: the MLP is blind to a fixed permutation of its inputs, so it fits
-  and generalises as on the true images (42.3 against 42.75%); the CNN, which relies
-  on locality, loses 12 points of test accuracy and fits more slowly.
-- Random pixels keep each image's colour histogram, which still predicts the class a
-  little: 19-21% test accuracy, above chance, for both networks.
-- Where this differs from Zhang (Inception, whose Gaussian and random-pixel inputs are
-  fitted faster than random labels, and true labels fastest): the MLP fits Gaussian
-  inputs (3 epochs) and random pixels (10) faster than random labels, as published, but
-  also faster than true labels; the CNN fits true labels fastest, as published, but
-  Gaussian and random-pixel inputs slower than random labels (95% after 24 epochs,
-  where random labels were at 100% by epoch 20).
-Results and plots: docs/studies/random_labels/ (corruption/ holds Fig. 1(c), cnn/ the
-CNN).
+Results: docs/studies/random_labels/results.md (corruption/ and cnn/ for the variants);
+what they show, epochs to fit and sweep times: docs/studies/random_labels/notes.md.
 """
 
 from research import configs

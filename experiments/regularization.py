@@ -10,7 +10,7 @@ then dropout, then random labels (every training label replaced by a uniform ran
 class; no crop, weight decay or dropout, as in Zhang's random-label runs). Each point
 reports train accuracy (inference mode, on the labels as trained on) and test accuracy,
 mean ± std over seeds, in DIR/results.md beside the published figures, with
-learning_curves.png, test_accuracy.png and gap.png (docs/studies/regularization/).
+learning_curves.png, test_accuracy.png and gap.png.
 
 Zhang's recipe: SGD with momentum 0.9, the learning rate x0.95 per epoch (exponential);
 random crops of 28x28 out of 32x32, which we do as a shift of up to 2 pixels (padding 2,
@@ -24,46 +24,13 @@ Variants:
            30 epochs, batch 128, lr 0.05 (lr 0.01, Zhang's for AlexNet, fits only 91% of
            the images in 30 epochs; the full-width cnn32 costs 4x as much). There is no
            like-for-like published figure: the nearest analogue is Zhang's AlexNet
-           (small), 1.4M parameters on all 50,000 images.
+           (small), 1.4M parameters on all 50,000 images (ALEXNET_NOTE below).
   mlp      Zhang's MLP 1x512 (3072-512-10 ReLU, 1.6M parameters) at their lr 0.01 on
            10,000 training images, 30 epochs; dropout after the hidden layer.
   smoke    the sweep's code path: 2 points, 1 seed, 256 images, 1 epoch (tests and CI).
 
-Measured (2 seeds, 2-core AMD EPYC CPU, one CPU device, --parallel 1, with other jobs
-sharing the machine):
-  default  669 s wall for the 12 runs (45-62 s each), 634 s of CPU time, at a load average
-           of 2-4; an earlier run of the same sweep took 1370 s at a load average of 5-8.
-  mlp      415 s wall (24-45 s a run), 440 s of CPU time, load average 2-5.
-  smoke    18 s wall with an empty JAX compilation cache, 11 s with it warm.
-
-  train / test accuracy (%), mean ± std over 2 seeds; Zhang's figures are on 50,000
-  images:
-  point           default (small CNN, 5k)         mlp (1x512, 10k)               Zhang MLP 1x512
-  crop+wd         82.64 ± 1.90 / 57.78 ± 0.37     72.34 ± 0.37 / 50.48 ± 0.06    –
-  crop            81.49 ± 0.81 / 56.66 ± 0.45     72.62 ± 0.07 / 50.07 ± 0.41    –
-  wd              99.89 ± 0.13 / 50.05 ± 0.89     99.52 ± 0.09 / 46.31 ± 0.18    99.80 / 50.39
-  none            99.91 ± 0.10 / 49.79 ± 1.03     99.59 ± 0.10 / 46.17 ± 0.30    100.0 / 50.51
-  dropout         80.80 ± 0.71 / 50.57 ± 0.55     87.69 ± 0.12 / 47.35 ± 0.72    –
-  random_labels   76.80 ± 10.52 / 9.22 ± 0.34     97.82 ± 0.01 /  9.88 ± 0.68    99.34 / 10.61
-  Zhang's AlexNet (small): crop+wd 99.90 / 81.22, none 100.0 / 76.07, random labels
-  99.82 / 9.86.
-
-What it shows:
-- With no regulariser at all both nets fit the training set (99.6-99.9%) and still
-  generalise far above chance (49.8% and 46.2% against 10%), as in Zhang's table.
-- Weight decay alone changes nothing measurable: +0.3 points for the CNN (within one
-  std), +0.1 for the MLP (Zhang: -0.1 for the MLP 1x512).
-- Random crop is the regulariser that matters: +8.0 points of test accuracy for the CNN
-  with weight decay, +6.9 without (Zhang's AlexNet: +5.2 with weight decay), and +4.3 for
-  the MLP. Unlike Zhang's large nets, ours no longer fit the cropped training set within
-  the budget (82% and 72%), so here crop also acts by limiting the fit; dropout likewise
-  stops both nets short of the training set (81% and 88%) for at most +1.2 points.
-- Random labels: test accuracy at chance (9.2%, 9.9%; Zhang 9.9%, 10.6%) while the MLP
-  memorises 97.8% of its 10,000 random labels in the same 30 epochs that fit the true
-  ones to 99.6%. The CNN, with 42k parameters, reaches 69% and 84% (two seeds) by epoch
-  30 and is still climbing 3-4 points an epoch (learning_curves.png): it needs more
-  epochs than the true labels, which it fits (99%) by epoch 21.
-- Our MLP tests 4 points below Zhang's because it sees a fifth of the images.
+Results: docs/studies/regularization/results.md (mlp/ for the MLP); what they show and
+sweep times: docs/studies/regularization/notes.md.
 """
 
 from research import configs
@@ -110,8 +77,7 @@ def get_config(variant: str | None = None):
   c = _base()
   if variant in (None, "", "default", "smoke"):
     # Seed S5's CNN at half width: Conv16 3x3 - pool - Conv32 3x3 - pool - Dense32 -
-    # Dense10, 42k parameters; it fits 5,000 images (99.9% train) in 30 epochs at lr 0.05,
-    # where lr 0.01 (Zhang's for AlexNet) reached 91%.
+    # Dense10, 42k parameters; lr 0.05 rather than Zhang's 0.01 (see the docstring).
     c.model, c.width_multiplier = "cnn32", 0.5
     c.learning_rate = 0.05
     c.train_subset, c.num_epochs = 5000, 30

@@ -1,0 +1,165 @@
+"""The README's commands, taken from its text, so that the manual and the code cannot drift.
+
+The quick start's smoke run, the evaluation of its workdir and the grid sweep run as the
+README gives them, with only the workdir (and the sweep's size) changed. The set-up and
+test commands are CI's (.ci/run); the main job takes minutes, so its smoke variant stands
+in for it; the studies' smoke sweeps run in tests/test_studies.py. Every other command in
+the README and docs is checked without running it: its module, variant and config keys
+exist. Links must lead to files and headings that exist."""
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+DOCS = ("README.md", "docs/studies/README.md", "docs/performance.md")
+
+
+def commands(text: str) -> list[list[str]]:
+  """Every `python -m PACKAGE.MODULE ...` in the text's code, as an argument list, cut at
+  shell operators; placeholder commands (`experiments.NAME`) are left out."""
+  blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+  inline = re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+  code = blocks + [span.replace("\n", " ") for span in inline]
+  found = []
+  for block in code:
+    for line in block.replace("\\\n", " ").splitlines():
+      for start in re.finditer(r"python -m (experiments|benchmarks)\.[a-z_]+\b", line):
+        rest = re.split(r"\s(?:&&|\|\||;|\||>)\s|;", line[start.start():])[0]
+        argv = shlex.split(rest, comments=True)
+        if argv not in found:
+          found.append(argv)
+  return found
+
+
+def readme_command(*must_have: str, must_not: str = "") -> list[str]:
+  """The one README command that contains all of `must_have` (and not `must_not`)."""
+  matches = [argv for argv in commands((REPO / "README.md").read_text())
+             if all(any(word in arg for arg in argv) for word in must_have)
+             and not any(must_not and must_not in arg for arg in argv)]
+  assert len(matches) == 1, f"README commands with {must_have}: {matches}"
+  return matches[0]
+
+
+def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
+  """`argv` with `--flag VALUE` or `--flag=VALUE` replaced by `--flag=value`."""
+  out, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+    elif arg == flag:
+      skip = True
+    elif not arg.startswith(flag + "="):
+      out.append(arg)
+  assert len(out) < len(argv), f"{flag} is not in {argv}"
+  return out + [f"{flag}={value}"]
+
+
+def run(argv: list[str], data_dir) -> subprocess.CompletedProcess:
+  assert argv[:2] == ["python", "-m"]
+  result = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(os.environ, RESEARCH_DATA_DIR=str(data_dir)))
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  return result
+
+
+def test_quick_start_smoke_run_then_eval_on_its_workdir(data_dir, tmp_path):
+  train = readme_command(":smoke", "--workdir", must_not="mode=eval")
+  evaluate = readme_command(":smoke", "--config.mode=eval")
+  assert [arg for arg in evaluate if arg != "--config.mode=eval"] == train
+  workdir = tmp_path / "smoke"
+  run(with_flag(train, "--workdir", str(workdir)), data_dir)
+  summary = json.loads((workdir / "summary.json").read_text())
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+
+  out = run(with_flag(evaluate, "--workdir", str(workdir)), data_dir).stdout
+  assert f"checkpoint step {summary['steps']}: test accuracy " \
+         f"{summary['test_accuracy']:.2%}" in out, out[-2000:]
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+
+
+def test_grid_sweep_example_runs_every_point(data_dir, tmp_path):
+  argv = readme_command("--grid")
+  grid = json.loads(next(a.split("=", 1)[1] for a in argv if a.startswith("--grid=")))
+  module = argv[2].split(".")[1]
+  # The README's sweep at the smoke size: one seed, the smoke variant's data and epochs.
+  argv = with_flag(with_flag(argv, "--seeds", "1"), "--workdir", str(tmp_path))
+  argv.insert(3, f"--config=experiments/{module}.py:smoke")
+  run(argv, data_dir)
+
+  points = _product(grid)
+  configs = [json.loads(p.read_text()) for p in tmp_path.glob("*/seed_0/config.json")]
+  assert len(configs) == len(points)
+  for point in points:  # each point ran once, with its values
+    assert sum(all(_lookup(c, k) == v for k, v in point.items()) for c in configs) == 1, point
+  rows = (tmp_path / "results.csv").read_text().splitlines()[1:]
+  assert len(rows) == len(points)
+  assert (tmp_path / "results.md").exists()
+
+
+def _product(grid: dict) -> list[dict]:
+  points = [{}]
+  for key, values in grid.items():
+    points = [dict(p, **{key: v}) for p in points for v in values]
+  return points
+
+
+def _lookup(config: dict, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_command_names_a_module_variant_and_keys_that_exist(doc):
+  """The commands that are too long to run here (the main job, the studies, the
+  benchmarks) at least parse: a typo in a module, variant or key fails this test."""
+  argv_list = commands((REPO / doc).read_text())
+  assert argv_list, doc
+  for argv in argv_list:
+    module = argv[2]
+    assert importlib.util.find_spec(module), (doc, argv)
+    if not module.startswith("experiments."):
+      continue
+    variants = [a.split(":", 1)[1] for a in argv if a.startswith("--config=")]
+    config = importlib.import_module(module).get_config(*variants)
+    for arg in argv:
+      if arg.startswith("--config."):
+        key = arg[len("--config."):].split("=", 1)[0]
+        assert _has_key(config, key), f"{doc}: {' '.join(argv)}: no config key {key}"
+      if arg.startswith("--grid="):
+        for key in json.loads(arg.split("=", 1)[1]):
+          assert _has_key(config, key), f"{doc}: {' '.join(argv)}: no config key {key}"
+
+
+def _has_key(config, key: str) -> bool:
+  for part in key.split("."):
+    if part not in config:
+      return False
+    config = config[part]
+  return True
+
+
+@pytest.mark.parametrize("doc", DOCS + ("docs/checkpoints.md",))
+def test_links_lead_to_files_and_headings_that_exist(doc):
+  path = REPO / doc
+  text = path.read_text()
+  for target in re.findall(r"\]\(([^)\s]+)\)", text):
+    if target.startswith(("http://", "https://")):
+      continue
+    file, _, anchor = target.partition("#")
+    linked = (path.parent / file).resolve() if file else path
+    assert linked.exists(), f"{doc} links to {target}"
+    if anchor and linked.suffix == ".md":
+      headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+      slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+      assert anchor in slugs, f"{doc} links to {target}; headings: {sorted(slugs)}"
