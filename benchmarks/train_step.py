@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_step [--models=s1,s2,s4,vgg] [--batch_sizes=32,128,512]
         [--repeats=5] [--steps=N] [--peers=torch,keras] [--torch_threads=N]
-        [--json_out=PATH]
+        [--json_out=PATH] [--baseline=PATH]
 
 For each model and batch size it builds, from the experiment's own config (model,
 optimiser, normalisation, label smoothing, weight decay):
@@ -12,7 +12,9 @@ optimiser, normalisation, label smoothing, weight decay):
 - torch: the same architecture in PyTorch eager (benchmarks/torch_peers.py), the batch
          gathered from in-memory NCHW tensors by the same permutation;
 - keras: the same architecture in Keras 3 on the JAX backend (benchmarks/keras_peers.py),
-         timed as `model.fit` over float32 arrays (how a Keras user trains).
+         timed as `model.fit` over float32 arrays (how a Keras user trains);
+- baseline: with --baseline=PATH, our step as another checkout builds it
+         (benchmarks/baseline_peer.py), for the before and after of a change.
 Each candidate is warmed up (compiled) untimed, then run in interleaved repeats of
 `--steps` steps (by default chosen so that a repeat takes about --target_s seconds);
 the table shows median images/s and the ratio ours/theirs (> 1: ours is faster).
@@ -36,6 +38,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from benchmarks import baseline_peer
 from benchmarks import common
 from benchmarks import workloads
 from benchmarks.workloads import NUM_CLASSES, WORKLOADS, synthetic_data
@@ -53,6 +56,8 @@ flags.DEFINE_list("peers", ["torch", "keras"],
 flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul that measures the peak.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = torch's default).")
 flags.DEFINE_string("json_out", "", "Also write the results as JSON to this path.")
+flags.DEFINE_string("baseline", "", "A checkout of another revision of this project: its "
+                    "step becomes the peer 'baseline' (benchmarks/baseline_peer.py).")
 
 
 def _timed(loop):
@@ -65,10 +70,11 @@ def _timed(loop):
 
 
 def ours(config, shape, batch, data):
-  """Returns (run(steps) -> seconds, FLOPs per step, parameter count)."""
+  """Returns (run(steps) -> seconds, FLOPs per step, parameter count, optimised HLO)."""
   step = workloads.build_ours(config, shape, batch, data)
   flops = common.compiled_flops(step.one_step_fn, step.state, *step.arrays, 0, 1)
-  return _timed(step.run), flops, count_params(step.state)
+  hlo = step.step_fn.lower(step.state, *step.arrays, 0, step.steps_per_call).compile()
+  return _timed(step.run), flops, count_params(step.state), hlo.as_text()
 
 
 def torch_peer(config, shape, batch, data):
@@ -144,8 +150,12 @@ def benchmark(key: str, batch: int, peers: list[str]) -> dict:
   config = work.get_config()
   data = synthetic_data(work.input_shape, batch)
   runs, max_steps = {}, {}
-  runs["ours"], flops, n_ours = ours(config, work.input_shape, batch, data)
+  runs["ours"], flops, n_ours, hlo = ours(config, work.input_shape, batch, data)
   params = {"ours": n_ours}
+  baseline = None
+  if FLAGS.baseline:
+    baseline = baseline_peer.BaselineStep(FLAGS.baseline, key, batch)
+    runs["baseline"], params["baseline"] = baseline.run, baseline.params
   if "torch" in peers:
     runs["torch"], params["torch"] = torch_peer(config, work.input_shape, batch, data)
   if "keras" in peers:
@@ -165,6 +175,9 @@ def benchmark(key: str, batch: int, peers: list[str]) -> dict:
                               for name, run in runs.items()}, FLAGS.repeats)
   result = {"model": key, "label": work.label, "batch_size": batch, "params": n_ours,
             "steps_per_repeat": steps, "flops_per_step": flops}
+  if baseline:
+    result["same_program_as_baseline"] = baseline_peer.same_program(hlo, baseline.hlo())
+    baseline.close()
   for name in runs:
     result[name] = common.summary(times[name], steps[name] * batch)
   return result
@@ -174,6 +187,8 @@ def table(results: list[dict], peers: list[str], peak: float) -> str:
   headers = ["model", "batch", "ours img/s"]
   headers += [f"{p} img/s" for p in peers] + [f"ours/{p}" for p in peers]
   headers += ["MFLOP/img", "ours GFLOP/s", "ours % peak"] + [f"{p} % peak" for p in peers]
+  if "baseline" in peers:
+    headers.append("same program as baseline")
   rows = []
   for r in results:
     rate = {name: r[name]["median"] for name in ["ours", *peers] if name in r}
@@ -187,6 +202,8 @@ def table(results: list[dict], peers: list[str], peak: float) -> str:
             common.fmt(100 * gflops["ours"] / peak if gflops["ours"] else None, ".1f")]
     row += [common.fmt(100 * gflops[p] / peak if gflops.get(p) else None, ".1f")
             for p in peers]
+    if "baseline" in peers:
+      row.append("yes" if r["same_program_as_baseline"] else "no")
     rows.append(row)
   return common.markdown_table(headers, rows)
 
@@ -199,6 +216,7 @@ def main(argv):
     raise app.UsageError(f"unknown model(s) {unknown}; choose from {sorted(WORKLOADS)}")
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   peers = available_peers(FLAGS.peers, explicit=FLAGS["peers"].present)
+  peers += ["baseline"] if FLAGS.baseline else []
   if "torch" in peers and FLAGS.torch_threads:
     import torch
     torch.set_num_threads(FLAGS.torch_threads)

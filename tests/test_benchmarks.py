@@ -109,6 +109,27 @@ def test_train_step_benchmark_smoke(tmp_path):
   assert ("ours/torch" in stdout) == have_torch()
 
 
+def test_baseline_peer_compares_two_checkouts(tmp_path):
+  """--baseline runs another checkout's step beside ours; this checkout against itself
+  is the same program."""
+  out = tmp_path / "step.json"
+  stdout = _run(["benchmarks.train_step", "--models=s4", "--batch_sizes=8", "--repeats=1",
+                 "--steps=2", "--matmul_size=256", "--peers=", f"--baseline={REPO}",
+                 f"--json_out={out}"])
+  assert "ours/baseline" in stdout
+  (row,) = json.loads(out.read_text())["results"]
+  assert row["baseline"]["median"] > 0 and row["same_program_as_baseline"] is True
+
+
+def test_same_program_ignores_only_names_and_source_locations():
+  from benchmarks.baseline_peer import same_program
+  body = '\nENTRY %main {\n  %x = f32[] add(%p, %q), metadata={op_name="NAME"}\n}'
+  a = 'HloModule jit_a\n1 "/a/step.py"' + body.replace("NAME", "a")
+  b = 'HloModule jit_b\n1 "/b/step.py"' + body.replace("NAME", "b")
+  assert same_program(a, b)
+  assert not same_program(a, b.replace("add", "multiply"))
+
+
 def test_profile_step_smoke(tmp_path):
   """A trace of S4's step, summed per XLA operation: the first convolution's forward
   pass (16 images a slice, 6 filters padded to 8) must be among the rows."""
