@@ -1,9 +1,9 @@
 """JAX's persistent compilation cache, on by default for runs.
 
-Compiling the train and eval steps and the model's initialisers takes seconds on a CPU,
-and every run (every point of a sweep, every test) compiled the same programs again. With
-the cache, a repeated program loads from disk: a one-epoch LeNet-5 run went from 9.6 s to
-5.9 s, with bitwise the same results. JAX keys entries by the program, the jax/jaxlib
+Compiling the train and eval steps and the model's initialisers takes seconds, and every
+run (every point of a sweep, every test) would compile the same programs again. With the
+cache, a repeated program loads from disk, with bitwise the same results
+(docs/performance.md has the saving). JAX keys entries by the program, the jax/jaxlib
 version and the device, so a stale entry is never used.
 
 Where: $JAX_COMPILATION_CACHE_DIR if it is set (JAX's own variable; set it to '' to turn

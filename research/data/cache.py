@@ -1,7 +1,7 @@
 """Decoded datasets cached as uint8 arrays in an uncompressed .npz.
 
-Decoding the JPEG/PNG archives takes 6-8 s; loading the cached arrays takes a fraction of a
-second. The file name carries a fingerprint of the source, so a changed source misses the
+Decoding the JPEG/PNG archives takes seconds; loading the cached arrays a fraction of
+that. The file name carries a fingerprint of the source, so a changed source misses the
 cache instead of returning stale data. The cache is an optimisation only: an unreadable or
 unwritable cache logs a warning and the data is decoded again."""
 

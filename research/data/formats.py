@@ -60,8 +60,8 @@ def _files(fmt: Format) -> list[pathlib.Path]:
 
 
 def fingerprint(fmt: Format) -> str:
-  """Changes whenever the data does. A single archive is hashed by content (sha256 of ~20 MB
-  takes ~50 ms); a folder of many files by relative path, size and mtime, which is what
+  """Changes whenever the data does. A single archive is hashed by content (fast for
+  archives of tens of MB); a folder of many files by relative path, size and mtime, which is what
   changes when a file is replaced, without reading 60k files."""
   digest = hashlib.sha256(f"{fmt.kind}\0{fmt.detail}\0".encode())
   if fmt.kind == "tar":
