@@ -41,8 +41,9 @@ def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int,
     batch = {"image": images[idx], "label": labels[idx]}
     return train_step(state, batch, jax.random.fold_in(step_key, state.step), cfg)
 
-  @functools.partial(jax.jit, donate_argnums=0,
-                     compiler_options=tuning.compiler_options(rows_per_call(cfg, batch_size)))
+  options = tuning.compiler_options(rows_per_call(cfg, batch_size))
+
+  @functools.partial(jax.jit, donate_argnums=0, compiler_options=options)
   def train_on_batches(state, images, labels, perm, index, count):
     if steps_per_call == 1:
       state, metrics = train_on_batch(state, images, labels, perm, index)
