@@ -17,7 +17,6 @@ so a crash during a save leaves the earlier checkpoints as they were; a checkpoi
 fails to restore is skipped with a warning and the one before it is used.
 """
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -33,24 +32,6 @@ import orbax.checkpoint as ocp
 
 from research import errors
 
-# Test hook: "STEP:SIGNAL" (e.g. "11:KILL") makes the run send itself SIGNAL right after
-# the update of global step STEP, so that tests can stop a run at an exact step.
-SIGNAL_AT_STEP_ENV = "RESEARCH_TEST_SIGNAL_AT_STEP"
-# Test hook: seconds to sleep after a checkpoint is fully written to its temporary
-# directory and before it is renamed into place, so that a test can kill a save midway.
-SAVE_DELAY_ENV = "RESEARCH_CHECKPOINT_SAVE_DELAY_S"
-
-
-class _SlowRenameTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
-
-  async def finalize(self, *args, **kwargs):
-    delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
-    if delay and self.get_final().name.isdigit():  # the step, not one of its items
-      print(f"[test hook] save of {self.get_final().name} paused for {delay}s before "
-            "commit", flush=True)
-      await asyncio.sleep(delay)
-    return await super().finalize(*args, **kwargs)
-
 
 @dataclasses.dataclass
 class _KeepLatestAndBest:
@@ -61,15 +42,6 @@ class _KeepLatestAndBest:
   def should_preserve(self, checkpoints, *, context) -> list[bool]:
     latest = {info.step for info in checkpoints[-self.keep:]} if self.keep else set()
     return [info.step in latest or info.step == self.best_step for info in checkpoints]
-
-
-def signal_at_step_hook() -> tuple[int, int] | None:
-  """(step, signal number) from the test hook, or None."""
-  value = os.environ.get(SIGNAL_AT_STEP_ENV)
-  if not value:
-    return None
-  step, name = value.split(":")
-  return int(step), signal.Signals["SIG" + name].value
 
 
 def _state_items(state) -> dict:
@@ -84,16 +56,21 @@ def _abstract(tree):
 
 
 class Checkpoints:
-  """The checkpoints of one workdir: save, list, restore with fallback."""
+  """The checkpoints of one workdir: save, list, restore with fallback.
+
+  Saves are atomic in orbax's default way for the filesystem of `directory` (a rename of
+  a complete temporary directory on a local disk, a commit file on GCS), unless
+  `temporary_path_class` names another orbax `TemporaryPath` class to save through."""
 
   def __init__(self, directory: str | os.PathLike, keep: int = 3,
-               best_step: int | None = None, read_only: bool = False):
+               best_step: int | None = None, read_only: bool = False,
+               temporary_path_class: type | None = None):
     self.directory = pathlib.Path(directory).absolute()
     self._policy = _KeepLatestAndBest(keep=max(keep, 1), best_step=best_step)
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=False, create=False, read_only=read_only,
         cleanup_tmp_directories=not read_only, preservation_policy=self._policy,
-        temporary_path_class=_SlowRenameTemporaryPath)
+        temporary_path_class=temporary_path_class)   # None: orbax's default
     if not read_only:
       _make_dir(self.directory)
     self._manager = ocp.CheckpointManager(self.directory, options=options)

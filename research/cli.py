@@ -40,8 +40,9 @@ def default_workdir(experiment: str) -> str:
   return str(pathlib.Path("runs") / experiment / stamp)
 
 
-def main(config_file: str) -> None:
-  """Entry point for `if __name__ == '__main__': cli.main(__file__)`."""
+def main(config_file: str, hooks: loop.Hooks | None = None) -> None:
+  """Entry point for `if __name__ == '__main__': cli.main(__file__)`. `hooks` go to a
+  single run in this process; the runs of a sweep are processes of their own."""
   experiment = pathlib.Path(config_file).stem
   flags.DEFINE_string("workdir", None,
                       f"Directory for config.json, metrics.jsonl and summary.json "
@@ -61,10 +62,10 @@ def main(config_file: str) -> None:
                     "yet finished (for GNU parallel, SLURM, ...) and exit.")
   flags.DEFINE_bool("aggregate-only", False, "Sweeps: only gather finished runs into "
                     "results.csv, results.md and the plots.")
-  app.run(functools.partial(_run, experiment))
+  app.run(functools.partial(_run, experiment, hooks))
 
 
-def _run(experiment: str, argv) -> None:
+def _run(experiment: str, hooks: loop.Hooks | None, argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
@@ -84,7 +85,7 @@ def _run(experiment: str, argv) -> None:
   if FLAGS.config.mode == "eval" and not FLAGS.workdir:
     raise app.UsageError("--config.mode=eval needs the --workdir of a run.")
   try:
-    summary = loop.train_and_evaluate(FLAGS.config, workdir)
+    summary = loop.train_and_evaluate(FLAGS.config, workdir, hooks)
   except (errors.UserError, data_lib.DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

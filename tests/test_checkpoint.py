@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+import hooked_run
 from research import checkpoint
 
 # 512 train examples / batch 64 = 8 steps per epoch, 24 steps. Logs every 3 steps and
@@ -26,15 +27,19 @@ TOTAL = 24
 TIMING = {"examples_per_s"}
 
 
-def start(workdir, *extra, env=None, module="mnist_mlp"):
+def start(workdir, *extra, env=None, hooks=None, module="mnist_mlp"):
+  """The experiment's command line; with `hooks` (tests/hooked_run.py's environment
+  variables), the same command line run through tests/hooked_run.py."""
+  command = ([str(hooked_run.PATH), f"--config=experiments/{module}.py"] if hooks
+             else ["-m", f"experiments.{module}"])
   return subprocess.Popen(
-      [sys.executable, "-m", f"experiments.{module}", f"--workdir={workdir}", *ARGS, *extra],
-      cwd=REPO, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
+      [sys.executable, *command, f"--workdir={workdir}", *ARGS, *extra],
+      cwd=REPO, env=dict(os.environ, **(env or {}), **(hooks or {})),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def run(workdir, *extra, env=None, module="mnist_mlp"):
-  proc = start(workdir, *extra, env=env, module=module)
+def run(workdir, *extra, env=None, hooks=None, module="mnist_mlp"):
+  proc = start(workdir, *extra, env=env, hooks=hooks, module=module)
   out, _ = proc.communicate(timeout=300)
   return proc.returncode, out
 
@@ -79,7 +84,7 @@ def reference(data_dir, tmp_path_factory):
 @pytest.mark.parametrize("kill_after,last_checkpoint", [(2, 0), (11, 10), (19, 16)])
 def test_sigkill_then_resume_is_exact(reference, tmp_path, kill_after, last_checkpoint):
   workdir = tmp_path / "run"
-  code, out = run(workdir, env={checkpoint.SIGNAL_AT_STEP_ENV: f"{kill_after}:KILL"})
+  code, out = run(workdir, hooks={hooked_run.SIGNAL_AT: f"{kill_after}:KILL"})
   assert code == -signal.SIGKILL, out[-2000:]
   assert not (workdir / "summary.json").exists()
   code, out = run(workdir)
@@ -91,7 +96,7 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path, kill_after, last_chec
 
 def test_sigkill_during_a_save_keeps_earlier_checkpoints(reference, tmp_path):
   workdir = tmp_path / "run"
-  proc = start(workdir, env={checkpoint.SAVE_DELAY_ENV: "60"})
+  proc = start(workdir, hooks={hooked_run.SAVE_PAUSE: "60"})
   for line in proc.stdout:      # the first save (step 5) pauses before its commit
     if "[test hook] save of 5 paused" in line:
       break
@@ -107,7 +112,7 @@ def test_sigkill_during_a_save_keeps_earlier_checkpoints(reference, tmp_path):
 
 def test_sigterm_saves_at_the_current_step_and_exits_3(reference, tmp_path):
   workdir = tmp_path / "run"
-  code, out = run(workdir, env={checkpoint.SIGNAL_AT_STEP_ENV: "12:TERM"})
+  code, out = run(workdir, hooks={hooked_run.SIGNAL_AT: "12:TERM"})
   assert code == 3, out[-3000:]
   assert "SIGTERM" in out and f"stopped at step 12 of {TOTAL}" in out
   assert (workdir / "checkpoints" / "12").is_dir()
@@ -123,7 +128,7 @@ def test_several_steps_per_call_resume_exactly(reference, tmp_path):
   with another number of steps per call: still bitwise the reference run's."""
   workdir = tmp_path / "run"
   code, out = run(workdir, "--config.steps_per_call=4",
-                  env={checkpoint.SIGNAL_AT_STEP_ENV: "12:TERM"})
+                  hooks={hooked_run.SIGNAL_AT: "12:TERM"})
   assert code == 3 and f"stopped at step 12 of {TOTAL}" in out, out[-3000:]
   code, out = run(workdir, "--config.steps_per_call=7")
   assert code == 0, out[-3000:]
@@ -149,7 +154,7 @@ def test_external_sigterm_during_training(tmp_path, data_dir):
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
   workdir = tmp_path / "run"
-  code, out = run(workdir, env={checkpoint.SIGNAL_AT_STEP_ENV: "17:KILL"})
+  code, out = run(workdir, hooks={hooked_run.SIGNAL_AT: "17:KILL"})
   assert code == -signal.SIGKILL
   assert {"15", "16"} <= set(os.listdir(workdir / "checkpoints"))
   for f in (workdir / "checkpoints" / "16" / "state").rglob("*"):   # truncate every file
@@ -169,8 +174,8 @@ EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
 def test_restore_on_another_device_count(reference, tmp_path, first, second):
   workdir = tmp_path / "run"
-  code, out = run(workdir, f"--config.num_devices={first}", env=dict(
-      EIGHT_DEVICES, **{checkpoint.SIGNAL_AT_STEP_ENV: "10:TERM"}))
+  code, out = run(workdir, f"--config.num_devices={first}", env=EIGHT_DEVICES,
+                  hooks={hooked_run.SIGNAL_AT: "10:TERM"})
   assert code == 3, out[-3000:]
   assert f"on {first} cpu device(s)" in out
   code, out = run(workdir, f"--config.num_devices={second}", env=EIGHT_DEVICES)

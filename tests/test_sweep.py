@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO
 from experiments import mnist_mlp
+import hooked_run
 from research import errors
 from research import sweep as sweep_lib
 
@@ -88,22 +89,22 @@ def test_print_commands_into_a_closed_pipe_ends_quietly(tmp_path):
   assert "Traceback" not in piped.stderr, piped.stderr[-2000:]
 
 
-# Two points x two seeds of a tiny MLP on 512 MNIST images. Each save sleeps 0.4 s (a
-# test hook), so a run takes a few seconds and can be stopped in its middle.
+# Two points x two seeds of a tiny MLP on 512 MNIST images. Each save pauses 0.4 s (a
+# hook of tests/hooked_run.py, which the sweep's runs inherit with its environment), so a
+# run takes a few seconds and can be stopped in its middle.
 SWEEP = ["--config=experiments/mnist_mlp.py:smoke", "--seeds=2",
          '--grid={"model_kwargs.widths": [[16], [32]]}', "--config.num_epochs=8",
          "--config.eval_train=True", "--config.checkpoint_every_epochs=1"]
 
 
 def _sweep_command(workdir, *extra):
-  return [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={workdir}", *SWEEP,
-          *extra]
+  return [sys.executable, str(hooked_run.PATH), f"--workdir={workdir}", *SWEEP, *extra]
 
 
 def _env(data_dir, tmp_path):
   return dict(os.environ, RESEARCH_DATA_DIR=str(data_dir),
               RESEARCH_CACHE_DIR=str(tmp_path / "cache"),
-              RESEARCH_CHECKPOINT_SAVE_DELAY_S="0.4")
+              **{hooked_run.SAVE_PAUSE: "0.4"})
 
 
 def _wait_for(condition, proc, timeout=240):
@@ -131,7 +132,9 @@ def test_killed_sweep_finishes_when_rerun_without_recomputing(data_dir, tmp_path
   finished = {n: (p / "summary.json").stat().st_mtime_ns for n, p in runs.items()
               if (p / "summary.json").exists()}
   assert sorted(finished) == ["widths=16/seed_0", "widths=16/seed_1"], out
-  assert "interrupted" in (runs["widths=32/seed_0"] / "output.log").read_text()
+  third_log = (runs["widths=32/seed_0"] / "output.log").read_text()
+  assert "interrupted" in third_log
+  assert "paused for 0.4s before commit" in third_log      # the runs have the hook
 
   # 2. The unfinished runs are plain command lines; run one by hand, as a scheduler would.
   printed = subprocess.run(_sweep_command(sweep_dir, "--print-commands"), cwd=REPO, env=env,

@@ -1,10 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the loop that ties data, model and steps, and
 resumes from checkpoints (docs/checkpoints.md)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import dataclasses
-import os
 import time
+from typing import Any
 
 from flax import nnx
 import jax
@@ -40,18 +40,35 @@ def _mean_metrics(window: dict[str, np.ndarray]) -> dict:
   return {k: float(np.mean(v)) for k, v in window.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """Points where a caller acts at an exact moment of a run, e.g. to kill it there. The
+  default hooks change nothing.
+
+  at_step: {global step: fn(state)}. The loop ends its call of `config.steps_per_call`
+    steps after each of these steps, waits for the state and calls fn.
+  checkpoint_temporary_path: the orbax `TemporaryPath` class that checkpoints are saved
+    through (e.g. one that pauses before the commit); None keeps orbax's default for the
+    filesystem.
+  """
+  at_step: Mapping[int, Callable[[TrainState], Any]] = dataclasses.field(
+      default_factory=dict)
+  checkpoint_temporary_path: type | None = None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Hooks | None = None) -> dict:
   """Trains (resuming from WORKDIR/checkpoints when there are any), evaluates, writes
   config.json, metrics.jsonl, summary.json and curves.png; returns the summary. With
   `config.mode='eval'` it only evaluates the best or latest checkpoint."""
-  return run_training(config, workdir)[1]
+  return run_training(config, workdir, hooks)[1]
 
 
-def run_training(config: ml_collections.ConfigDict,
-                 workdir: str) -> tuple[TrainState, dict]:
+def run_training(config: ml_collections.ConfigDict, workdir: str,
+                 hooks: Hooks | None = None) -> tuple[TrainState, dict]:
   """`train_and_evaluate` that also returns the final train state."""
   start = time.perf_counter()
-  run = setup(config, workdir)
+  run = setup(config, workdir, hooks)
   try:
     if config.mode == "eval":
       return run.state, evaluate_checkpoint(run)
@@ -128,10 +145,12 @@ class Run:
   checkpoints: checkpoint_lib.Checkpoints
   train_progress: TrainProgress
   resumed_from: int | None = None
+  hooks: Hooks = dataclasses.field(default_factory=Hooks)
   final_evals: dict = dataclasses.field(default_factory=dict)  # split -> (record, preds)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str,
+          hooks: Hooks | None = None) -> Run:
   """Validates the config, checks it against the run in `workdir` if there is one, loads
   the data onto the devices, builds the state and the jitted functions, and restores
   the latest good checkpoint. Fails before writing anything if the input is bad."""
@@ -142,13 +161,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if config.mode == "train" and writer.path.exists():
     writer.lock()
   try:
-    return _setup_locked(config, writer, changes)
+    return _setup_locked(config, writer, changes, hooks or Hooks())
   except BaseException:
     writer.unlock()
     raise
 
 
-def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
+def _setup_locked(config, writer: outputs.RunDir, changes: dict, hooks: Hooks) -> Run:
   dataset = load_data(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
@@ -174,8 +193,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
   training = config.mode == "train"
   if training:
     writer.lock()   # creates the workdir
-  checkpoints = checkpoint_lib.Checkpoints(writer.checkpoint_dir, config.keep_checkpoints,
-                                           read_only=not training)
+  checkpoints = checkpoint_lib.Checkpoints(
+      writer.checkpoint_dir, config.keep_checkpoints, read_only=not training,
+      temporary_path_class=hooks.checkpoint_temporary_path)
   tuning = tuning_lib.for_mesh(mesh, config)
   state = jax.device_put(create_train_state(model, tx, tuning.model_fn),
                          sharding.replicated(mesh))
@@ -205,7 +225,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
                                            initial_step=int(state.step),
                                            enabled=config.progress and training),
             checkpoints=checkpoints, train_progress=train_progress,
-            resumed_from=resumed_from)
+            resumed_from=resumed_from, hooks=hooks)
   run.progress.log(
       f"{dataset.name} from {dataset.source}: {len(dataset.train.labels)} train, "
       f"{len(dataset.test.labels)} test; model {config.model} with "
@@ -235,23 +255,23 @@ def train(run: Run) -> tuple[float, dict]:
   total = spe * config.num_epochs
   images, labels = run.train_split
   window_start, perm = time.perf_counter(), None
-  hook = checkpoint_lib.signal_at_step_hook()
+  at_step = run.hooks.at_step
   step = int(run.state.step)
   with checkpoint_lib.StopSignals() as signals:
     while step < total:
       epoch, index = divmod(step, spe)
       if index == 0 or perm is None:
         perm = epoch_permutation(config.seed, epoch, len(run.dataset.train.labels))
-      count = _steps_in_call(config, step, spe, total, hook)
+      count = _steps_in_call(config, step, spe, total, at_step)
       run.state, metrics = run.train_on_batches(run.state, images, labels, perm, index,
                                                 count)
       if count < config.steps_per_call:
         metrics = jax.tree.map(lambda m: m[:count], metrics)
       tp.pending.append(metrics)
       step = done = step + count
-      if hook and hook[0] == done:
+      if done in at_step:
         jax.block_until_ready(run.state)
-        os.kill(os.getpid(), hook[1])
+        at_step[done](run.state)
       epoch_end, new_best = done % spe == 0, False
       if done % config.log_every_steps == 0 or epoch_end:
         tp.last_train = _log_train(run, tp.pending, done, window_start)
@@ -280,15 +300,15 @@ def train(run: Run) -> tuple[float, dict]:
   return tp.train_seconds, tp.last_train
 
 
-def _steps_in_call(config, step: int, spe: int, total: int, hook) -> int:
+def _steps_in_call(config, step: int, spe: int, total: int, at_step: Mapping) -> int:
   """Steps for the next call: up to config.steps_per_call, ending after the first step
-  that the loop has work after (a log, an epoch's end, a checkpoint, a test's signal).
+  that the loop has work after (a log, an epoch's end, a checkpoint, a hook).
   Calls of any length run the same program, and the steps are the same whatever the
   length (bitwise, tests/test_training.py)."""
   for count in range(1, config.steps_per_call):
     done = step + count
     if (done % config.log_every_steps == 0 or done % spe == 0
-        or resume.checkpoint_due(config, done, spe, total) or (hook and hook[0] == done)):
+        or resume.checkpoint_due(config, done, spe, total) or done in at_step):
       return count
   return config.steps_per_call
 
