@@ -23,6 +23,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from research import normalization
+
 
 def _side_after(size: int, kernels: Sequence[int]) -> int:
   for k in kernels:
@@ -252,7 +254,7 @@ def train_recipe(recipe: str, config, dataset, seed: int = 0) -> dict:
   shape = dataset.train.images.shape[1:]
   model = create_peer(config.model, shape, dataset.num_classes)
   optimizer = create_optimizer(config, model)
-  mean, std = tuple(config.normalize_mean), tuple(config.normalize_std)
+  mean, std = normalization.mean_std(config, dataset.train.images)
   train_x, train_y = to_nchw(dataset.train.images), torch.from_numpy(
       dataset.train.labels.astype(np.int64))
   test_x, test_y = to_nchw(dataset.test.images), torch.from_numpy(

@@ -25,6 +25,7 @@ from research import progress as progress_lib
 from research import sharding
 from research.models import create_model
 from research.training import optim
+from research.training import preflight
 from research.training import resume
 from research.training.inputs import load_data, put_split, subset
 from research.training.jitted import epoch_permutation, make_eval_fn, make_train_fn, step_config
@@ -134,20 +135,21 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   the data onto the devices, builds the state and the jitted functions, and restores
   the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
+  # Fills in the normalisation and checks the config against the data, before any work.
+  config, dataset = preflight.load_for_run(config)
   compilation_cache.enable()
   writer = outputs.RunDir(workdir)
   changes = resume.check_resumable(writer, config)
   if config.mode == "train" and writer.path.exists():
     writer.lock()
   try:
-    return _setup_locked(config, writer, changes)
+    return _setup_locked(config, writer, changes, dataset)
   except BaseException:
     writer.unlock()
     raise
 
 
-def _setup_locked(config, writer: outputs.RunDir, changes: dict) -> Run:
-  dataset = load_data(config)
+def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset) -> Run:
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
   cfg = step_config(config, mesh.size)   # checks micro_batch_size against each shard
