@@ -98,8 +98,10 @@ def test_mnist_cnn_on_a_folder_of_fashion_mnist_idx_files(tmp_path):
       tmp_path / "fashion", synthetic.make_arrays(10, 64, (28, 28, 1), seed=0),
       synthetic.make_arrays(10, 8, (28, 28, 1), seed=1), compress=True)
   workdir = tmp_path / "run"
+  # All of the 640 + 80 images: the smoke variant's subsets ask for more than that.
   result = run_cli("mnist_cnn", "--config=experiments/mnist_cnn.py:smoke",
                    "--config.dataset=fashion_mnist", f"--config.data_dir={folder}",
+                   "--config.train_subset=0", "--config.test_subset=0",
                    f"--workdir={workdir}",
                    env={"RESEARCH_CACHE_DIR": str(tmp_path / "cache")})
   assert result.returncode == 0, result.stderr[-3000:]

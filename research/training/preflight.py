@@ -1,5 +1,5 @@
-"""What comes before any work of a run: its data loaded, and its config completed with
-what depends on the data (the normalisation), before its workdir is touched.
+"""The checks of a config against its data that come before any work: for one run,
+before its workdir is touched.
 
     config, dataset = load_for_run(config)   # the config with its normalisation filled in
 """
@@ -9,6 +9,7 @@ import functools
 
 import ml_collections
 
+from research import data_checks
 from research import normalization
 from research.training import inputs
 
@@ -25,10 +26,12 @@ class _Loaded:
 
 def _checked(config: ml_collections.ConfigDict,
              loaded: _Loaded) -> ml_collections.ConfigDict:
-  """`config` with its normalisation filled in."""
+  """`config` with its normalisation filled in, once it fits the data; raises
+  ConfigError listing every mismatch."""
   channels = loaded.dataset.image_shape[-1]
   mean, std = normalization.values(config, channels, lambda: loaded.stats)
   config = normalization.resolved(config, mean, std)
+  data_checks.check_config_against_data(config, loaded.dataset)
   return config
 
 
