@@ -27,6 +27,7 @@ import ml_collections
 
 from research import configs
 from research import errors
+from research import normalization
 from research import outputs
 
 
@@ -161,8 +162,10 @@ def check_existing(jobs: Sequence[Job]) -> None:
     saved = outputs.RunDir(job.workdir).read_config()
     if saved is None:
       continue
+    # Values measured at load (normalisation) are compared by the run itself, once known.
+    ignored = (*configs.RESUMABLE_CHANGES, *normalization.unresolved_keys(job.config))
     changed = {k: v for k, v in configs.changed_keys(saved, job.config).items()
-               if k not in configs.RESUMABLE_CHANGES}
+               if k not in ignored}
     if changed:
       clashes.append(f"{job.workdir}: " + "; ".join(
           f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))

@@ -1,17 +1,23 @@
 """The checks of a config against its data that come before any work: for one run,
-before its workdir is touched.
+before its workdir is touched; for a sweep, for every point before its first run.
 
     config, dataset = load_for_run(config)   # the config with its normalisation filled in
+    check_jobs(jobs)                         # a sweep's jobs (research/sweep.py)
 """
 
+from collections.abc import Sequence
 import dataclasses
 import functools
 
 import ml_collections
 
 from research import data_checks
+from research import errors
 from research import normalization
 from research.training import inputs
+
+# The keys that decide which arrays `inputs.load_full` returns.
+DATA_KEYS = ("dataset", "data_dir", "data_source", "validation_size", "split_seed")
 
 
 @dataclasses.dataclass
@@ -42,3 +48,20 @@ def load_for_run(config: ml_collections.ConfigDict):
   config = _checked(config, loaded)
   return config, inputs.select(config, loaded.dataset)
 
+
+def check_jobs(jobs: Sequence) -> None:
+  """Checks every job of a sweep against its data (each dataset loaded once), and raises
+  one ConfigError naming each point that cannot run, before any of them starts."""
+  loads, failures = {}, {}
+  for job in jobs:
+    key = tuple(str(job.config[k]) for k in DATA_KEYS)
+    if key not in loads:
+      loads[key] = _Loaded(inputs.load_full(job.config))
+    try:
+      _checked(job.config, loads[key])
+    except errors.ConfigError as e:
+      failures.setdefault(str(e), []).append(job.point.label)
+  if failures:
+    raise errors.ConfigError("the sweep cannot run; no run was started:\n" + "\n".join(
+        f"sweep point(s) {', '.join(repr(p) for p in dict.fromkeys(points))}: {message}"
+        for message, points in failures.items()))
