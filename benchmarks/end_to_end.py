@@ -86,9 +86,9 @@ def run_ours(config, dataset) -> dict:
     jax.clear_caches()   # a repeat would otherwise reuse this process's compiled programs
   workdir = tempfile.mkdtemp(prefix="bench_e2e_")
   try:
-    # train_and_evaluate loads its data through loop.load_data; hand it the arrays
+    # train_and_evaluate loads its data through inputs.load_full; hand it the arrays
     # already loaded, so that the wall time excludes loading as for the peers.
-    with mock.patch.object(loop, "load_data", lambda _config: dataset):
+    with mock.patch.object(inputs, "load_full", lambda _config: dataset):
       start = time.perf_counter()
       summary = loop.train_and_evaluate(config, os.path.join(workdir, "run"))
       wall = time.perf_counter() - start

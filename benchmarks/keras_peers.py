@@ -15,6 +15,8 @@ os.environ["KERAS_BACKEND"] = "jax"
 import keras  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
+from research import normalization  # noqa: E402
+
 if keras.backend.backend() != "jax":
   raise ImportError(f"keras was imported with backend {keras.backend.backend()!r} before "
                     "benchmarks.keras_peers; set KERAS_BACKEND=jax")
@@ -94,7 +96,7 @@ def train_recipe(recipe: str, config, dataset, seed: int = 0) -> dict:
   `evaluate` on the test set. Returns test accuracy and times."""
   start = time.perf_counter()
   keras.utils.set_random_seed(seed)
-  mean, std = tuple(config.normalize_mean), tuple(config.normalize_std)
+  mean, std = normalization.mean_std(config, dataset.train.images)
   model = compile_peer(config, create_peer(config.model, dataset.train.images.shape[1:],
                                            dataset.num_classes))
   x = normalize(dataset.train.images, mean, std)

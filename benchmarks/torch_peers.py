@@ -23,6 +23,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from research import normalization
+
 
 def _side_after(size: int, kernels: Sequence[int]) -> int:
   for k in kernels:
@@ -187,7 +189,7 @@ def copy_weights(ours, peer: nn.Module) -> None:
 
 def create_optimizer(config, model: nn.Module) -> torch.optim.Optimizer:
   """The run config's optimiser in torch.optim terms (constant learning rate). Weight
-  decay, as in research.training.optim, is added to the gradients of kernels only."""
+  decay, as in research.optim, is added to the gradients of kernels only."""
   decay = [p for p in model.parameters() if p.ndim > 1]
   rest = [p for p in model.parameters() if p.ndim <= 1]
   groups = [{"params": decay, "weight_decay": float(config.weight_decay)},
@@ -252,7 +254,7 @@ def train_recipe(recipe: str, config, dataset, seed: int = 0) -> dict:
   shape = dataset.train.images.shape[1:]
   model = create_peer(config.model, shape, dataset.num_classes)
   optimizer = create_optimizer(config, model)
-  mean, std = tuple(config.normalize_mean), tuple(config.normalize_std)
+  mean, std = normalization.mean_std(config, dataset.train.images)
   train_x, train_y = to_nchw(dataset.train.images), torch.from_numpy(
       dataset.train.labels.astype(np.int64))
   test_x, test_y = to_nchw(dataset.test.images), torch.from_numpy(

@@ -43,6 +43,7 @@ from benchmarks import common
 from benchmarks import workloads
 from benchmarks.workloads import NUM_CLASSES, WORKLOADS, synthetic_data
 from research import configs
+from research import normalization
 from research.training.state import count_params
 
 FLAGS = flags.FLAGS
@@ -149,6 +150,8 @@ def benchmark(key: str, batch: int, peers: list[str]) -> dict:
   work = WORKLOADS[key]
   config = work.get_config()
   data = synthetic_data(work.input_shape, batch)
+  # The peers normalise as ours: with the values measured on this data for 'auto'.
+  config = normalization.resolved(config, *normalization.mean_std(config, data[0]))
   runs, max_steps = {}, {}
   runs["ours"], flops, n_ours, hlo = ours(config, work.input_shape, batch, data)
   params = {"ours": n_ours}

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from experiments import cifar_cnn, mnist_cnn, mnist_mlp
-from research import configs, optim, sharding, tuning
+from research import configs, normalization, optim, sharding, tuning
 from research.models import create_model
 from research.training import jitted
 from research.training.state import create_train_state
@@ -81,6 +81,7 @@ def build_ours(config, shape, batch, data) -> OurStep:
   config.batch_size = batch
   if config.micro_batch_size and batch % config.micro_batch_size:
     config.micro_batch_size = 0
+  config = normalization.resolved(config, *normalization.mean_std(config, images_np))
   cfg = dataclasses.replace(StepConfig.from_config(config, mesh.size), augment=())
   return OurStep(jitted.make_train_fn(cfg, mesh, batch, seed=0, steps_per_call=
                                       config.steps_per_call, tuning=tuned),

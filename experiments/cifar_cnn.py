@@ -28,9 +28,6 @@ import ml_collections
 
 from research import configs
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
 
 def _default():
   c = configs.base_config()
@@ -40,7 +37,6 @@ def _default():
   c.model_kwargs.convs_per_block = 2
   c.model_kwargs.dropout = 0.0
   c.model_kwargs.width_multiplier = 1.0
-  c.normalize_mean, c.normalize_std = CIFAR_MEAN, CIFAR_STD
   c.augment, c.crop_padding = "crop,flip", 2
   c.optimizer, c.learning_rate, c.momentum, c.weight_decay = "nesterov", 0.2, 0.9, 5e-4
   c.lr_schedule, c.warmup_epochs, c.label_smoothing = "onecycle", 2.0, 0.1
@@ -70,14 +66,15 @@ def get_config(variant: str | None = None):
     return c
   half = (0.5, 0.5, 0.5)
   if variant == "lenet":
-    return _seed_recipe(c, "lenet5", normalize_mean=half, normalize_std=half,
+    return _seed_recipe(c, "lenet5", normalize="explicit", normalize_mean=half,
+                        normalize_std=half,
                         optimizer="momentum", learning_rate=1e-3, momentum=0.9,
                         batch_size=32, num_epochs=2, micro_batch_size=16)
   if variant == "seed_s5":
-    return _seed_recipe(c, "cnn32", normalize_mean=(0.0,), normalize_std=(1.0,),
+    return _seed_recipe(c, "cnn32", normalize="none",
                         optimizer="adam", learning_rate=1e-3, batch_size=32, num_epochs=10)
   if variant == "seed_s6":
-    return _seed_recipe(c, "dropout_cnn", normalize_mean=(0.0,), normalize_std=(1.0,),
+    return _seed_recipe(c, "dropout_cnn", normalize="none",
                         optimizer="momentum", learning_rate=1e-3, momentum=0.9,
                         batch_size=4, num_epochs=2, log_every_steps=1000)
   raise ValueError(f"Unknown variant {variant!r} of cifar_cnn; choose lenet, seed_s5, "

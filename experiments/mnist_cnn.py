@@ -21,6 +21,7 @@ def get_config(variant: str | None = None):
   c = configs.base_config()
   c.dataset = "mnist"
   c.model = "mnist_cnn"
+  c.normalize = "none"   # pixels / 255, as in the seed recipe
   c.optimizer = "adam"
   c.learning_rate = 1e-3
   c.batch_size = 64

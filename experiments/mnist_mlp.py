@@ -19,6 +19,7 @@ def get_config(variant: str | None = None):
   c.model = "mlp"
   c.model_kwargs.widths = (64,)
   c.model_kwargs.activation = "relu"
+  c.normalize = "none"   # pixels / 255, as in the seed recipe
   c.optimizer = "adam"
   c.learning_rate = 1e-3
   c.batch_size = 128

@@ -37,8 +37,6 @@ what they show, epochs to fit and sweep times: docs/studies/random_labels/notes.
 from research import configs
 from research import sweep as sweep_lib
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 CORRUPTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # Table 1 of Zhang et al. 2017, MLP 1x512 without weight decay, as fractions.
 PUBLISHED_MLP = {0.0: {"train_accuracy": 1.0, "test_accuracy": 0.5051},
@@ -51,7 +49,6 @@ def _mlp():
   c = configs.base_config()
   c.dataset = "cifar10"
   c.train_subset, c.test_subset = 5000, 2000
-  c.normalize_mean, c.normalize_std = CIFAR_MEAN, CIFAR_STD
   c.model = "mlp"
   c.model_kwargs.widths = (512,)
   c.model_kwargs.activation = "relu"

@@ -36,8 +36,6 @@ sweep times: docs/studies/regularization/notes.md.
 from research import configs
 from research import sweep as sweep_lib
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 WEIGHT_DECAY = 5e-4   # added to the gradient (PyTorch's SGD weight_decay), kernels only
 DROPOUT = 0.5         # before the head (CNN) or after the hidden layer (MLP)
 
@@ -56,7 +54,6 @@ ALEXNET_NOTE = ("no like-for-like figure: the nearest published analogue is Zhan
 def _base():
   c = configs.base_config()
   c.dataset = "cifar10"
-  c.normalize_mean, c.normalize_std = CIFAR_MEAN, CIFAR_STD
   # Zhang's schedule: SGD with momentum 0.9, the learning rate x0.95 per epoch.
   c.optimizer, c.momentum = "momentum", 0.9
   c.lr_schedule, c.lr_decay_factor = "exponential", 0.95

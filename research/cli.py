@@ -31,6 +31,7 @@ from research import errors
 from research import sweep as sweep_lib
 from research import sweep_results
 from research.training import loop
+from research.training import preflight
 
 FLAGS = flags.FLAGS
 
@@ -133,6 +134,8 @@ def _run_sweep(experiment: str, module, config_arg: str) -> int:
                            f"sweep-{variant or 'default'}")
   jobs = sweep_lib.plan(sweep, FLAGS.config, sweep_dir, num_seeds, _this_command(),
                         config_arg, config_flags.get_override_values(FLAGS["config"]))
+  if not FLAGS["aggregate-only"].value:
+    preflight.check_jobs(jobs)   # every point against its data, before the first run
   sweep_lib.check_existing(jobs)
   if FLAGS["print-commands"].value:
     # Piped into `head` or a scheduler that stops reading: end quietly, like a shell tool.

@@ -9,6 +9,7 @@ import ml_collections
 from research import corruption
 from research import errors
 from research import losses
+from research import normalization
 from research import optim
 from research import preprocess
 from research import xla_cpu
@@ -29,8 +30,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.split_seed = 0                # the held-out split does not change with `seed`
   c.train_subset = 0              # train on this many examples (0 = all), seeded
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
-  c.normalize_mean = (0.0,)       # per channel, on pixels scaled to [0, 1] (float data: as is)
-  c.normalize_std = (1.0,)
+  # Per-channel input normalisation (research/normalization.py), on pixels scaled to
+  # [0, 1] (float data: as is). auto: the training split's mean and std, measured at
+  # load; none: mean 0, std 1; explicit: the two keys below. The run's config.json
+  # records the values used.
+  c.normalize = "auto"            # auto | none | explicit
+  c.normalize_mean = ()           # per channel; set only with normalize='explicit'
+  c.normalize_std = ()
   c.augment = "none"              # comma-separated: crop, flip, cutout
   c.crop_padding = 4
   c.cutout_size = 8               # side of the square that `cutout` zeroes (the mean)
@@ -161,8 +167,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive(config, key, allow_zero=True)
   _check_positive(config, "keep_checkpoints")
   _check_best_metric(config)
-  if len(config.normalize_mean) != len(config.normalize_std):
-    raise errors.ConfigError("config.normalize_mean and config.normalize_std differ in length.")
+  normalization.validate(config)
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:

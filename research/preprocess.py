@@ -28,6 +28,9 @@ def parse_augment(spec: str) -> tuple[str, ...]:
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 [0, 255] -> float32 ((x / 255) - mean) / std, per channel; float input is taken
   as already scaled: (x - mean) / std."""
+  if not len(mean) or not len(std):   # would broadcast the channels away
+    raise ValueError("normalize needs a mean and std per channel: build the step from a "
+                     "config whose normalisation is filled in (research/normalization.py).")
   x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:  # static under jit: the dtype is part of the trace
     x = x / 255.0

@@ -27,6 +27,7 @@ import ml_collections
 
 from research import configs
 from research import errors
+from research import normalization
 from research import outputs
 from research.training import resume
 
@@ -162,7 +163,10 @@ def check_existing(jobs: Sequence[Job]) -> None:
     saved = outputs.RunDir(job.workdir).read_config()
     if saved is None:
       continue
-    changed = resume.refused_changes(resume.changed_keys(saved, job.config))
+    # Values measured at load (normalisation) are compared by the run itself, once known.
+    refused = resume.refused_changes(resume.changed_keys(saved, job.config))
+    changed = {k: v for k, v in refused.items()
+               if k not in normalization.unresolved_keys(job.config)}
     if changed:
       clashes.append(f"{job.workdir}: " + "; ".join(
           f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))

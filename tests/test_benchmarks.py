@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import cifar_cnn, mnist_cnn, mnist_mlp
-from research import configs, optim, preprocess
+from research import configs, normalization, optim, preprocess
 from research.models import create_model
 from research.training.state import count_params, create_train_state
 from research.training.step import StepConfig, train_step
@@ -210,9 +210,8 @@ def test_torch_peer_with_our_weights_gives_our_logits(case, torch_peers):
   ours = _ours(case, seed=3)
   peer = torch_peers.create_peer(name, shape, 10, **kwargs)
   torch_peers.copy_weights(ours, peer)
-  config = get_config()
-  mean, std = tuple(config.normalize_mean), tuple(config.normalize_std)
   images = _images(shape)
+  mean, std = normalization.mean_std(get_config(), images)
   x = preprocess.normalize(images, mean, std)   # what our train step feeds the model
   peer.eval()
   with torch.no_grad():
@@ -239,6 +238,7 @@ def test_torch_train_step_does_our_update(case, torch_peers):
   import torch
   name, shape, kwargs, get_config = CASES[case]
   config = get_config()
+  config = normalization.resolved(config, *normalization.mean_std(config, _images(shape)))
   config.lr_schedule = "constant"
   config.learning_rate = min(config.learning_rate, 1e-3)  # VGG: 0.2 on noise is chaotic
   if config.weight_decay:   # large enough that decaying biases or BatchNorm would show

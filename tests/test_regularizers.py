@@ -13,7 +13,7 @@ import pytest
 from research import configs, corruption, errors, preprocess
 from research.data import types
 from research.models import MODELS, create_model
-from research.training import loop
+from research.training import inputs, loop
 from research.training.state import apply_model, create_train_state
 from research.training.step import (StepConfig, max_norm_project, micro_batches,
                                     train_step)
@@ -47,8 +47,8 @@ def test_label_corruption_fraction_and_determinism(p):
 
 
 def test_label_corruption_leaves_held_out_splits_alone(tiny_folder):
-  clean = loop.load_data(tiny_config(tiny_folder))
-  noisy = loop.load_data(tiny_config(tiny_folder, label_corruption=1.0))
+  clean = inputs.load_data(tiny_config(tiny_folder))
+  noisy = inputs.load_data(tiny_config(tiny_folder, label_corruption=1.0))
   assert not np.array_equal(clean.train.labels, noisy.train.labels)
   np.testing.assert_array_equal(clean.train.images, noisy.train.images)
   np.testing.assert_array_equal(clean.test.labels, noisy.test.labels)

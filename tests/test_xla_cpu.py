@@ -204,13 +204,14 @@ def test_run_step_picks_the_convolution_library_by_rows_per_call(micro_batch_siz
   of 16 (config.cpu_convolutions='auto')."""
   c = configs.base_config()
   c.model, c.batch_size, c.micro_batch_size = "mnist_cnn", 64, micro_batch_size
+  c.normalize, c.normalize_mean, c.normalize_std = "explicit", (0.0,), (1.0,)
   mesh = sharding.make_mesh(1)
   tuned = tuning.for_mesh(mesh, c)
   model = create_model(c.model, input_shape=(28, 28, 1), num_classes=10, seed=0)
   state = create_train_state(model, optim.create_optimizer(c, steps_per_epoch=1)[0],
                              tuned.model_fn)
-  train_fn = jitted.make_train_fn(StepConfig.from_config(c, 1), mesh, c.batch_size, seed=0,
-                                  tuning=tuned)
+  train_fn = jitted.make_train_fn(StepConfig.from_config(c, 1), mesh, c.batch_size,
+                                  seed=0, tuning=tuned)
   data = (jnp.zeros((64, 28, 28, 1), jnp.uint8), jnp.zeros(64, jnp.int32),
           jnp.arange(64, dtype=jnp.int32))
   hlo = train_fn.lower(state, *data, 0, 1).compile().as_text()

@@ -12,9 +12,20 @@ from research import sharding
 
 
 def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
-  dataset = data_lib.load_dataset(
+  """The run's data: the whole dataset, then the run's subsets and corruptions."""
+  return select(config, load_full(config))
+
+
+def load_full(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
+  """The whole dataset that `config` names, with its validation split carved out."""
+  return data_lib.load_dataset(
       config.dataset, config.data_dir or None, source=config.data_source,
       validation_size=config.validation_size, split_seed=config.split_seed)
+
+
+def select(config: ml_collections.ConfigDict,
+           dataset: "data_lib.Dataset") -> "data_lib.Dataset":
+  """`config`'s subsets of the whole dataset, corrupted as it asks."""
   dataset = dataclasses.replace(
       dataset, train=subset(dataset.train, config.train_subset, config.split_seed),
       test=subset(dataset.test, config.test_subset, config.split_seed))

@@ -26,8 +26,9 @@ from research import optim
 from research import sharding
 from research import tuning as tuning_lib
 from research.models import create_model
+from research.training import preflight
 from research.training import resume
-from research.training.inputs import load_data, put_split, subset
+from research.training.inputs import put_split, subset
 from research.training.jitted import epoch_permutation, make_eval_fn, make_train_fn
 from research.training.step import StepConfig
 from research.training.resume import TrainProgress
@@ -155,31 +156,26 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
   the data onto the devices, builds the state and the jitted functions, and restores
   the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
+  # Fills in the normalisation and checks the config against the data, before any work.
+  config, dataset = preflight.load_for_run(config)
   compilation_cache.enable()
   writer = outputs.RunDir(workdir)
   changes = resume.check_resumable(writer, config)
   if config.mode == "train" and writer.path.exists():
     writer.lock()
   try:
-    return _setup_locked(config, writer, changes, hooks or Hooks())
+    return _setup_locked(config, writer, changes, dataset, hooks or Hooks())
   except BaseException:
     writer.unlock()
     raise
 
 
-def _setup_locked(config, writer: outputs.RunDir, changes: dict, hooks: Hooks) -> Run:
-  dataset = load_data(config)
+def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
+                  hooks: Hooks) -> Run:
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
   cfg = StepConfig.from_config(config, mesh.size)   # checks micro_batch_size per shard
-  steps_per_epoch = len(dataset.train.labels) // config.batch_size
-  if steps_per_epoch == 0:
-    raise errors.ConfigError(f"config.batch_size={config.batch_size} is larger than the "
-                             f"{len(dataset.train.labels)} training examples.")
-  if "cutout" in preprocess.parse_augment(config.augment) and (
-      config.cutout_size > min(dataset.image_shape[:2])):
-    raise errors.ConfigError(f"config.cutout_size={config.cutout_size} is larger than the "
-                             f"{dataset.image_shape[:2]} images.")
+  steps_per_epoch = len(dataset.train.labels) // config.batch_size   # >= 1: preflight
   model = create_model(config.model, input_shape=dataset.image_shape,
                        num_classes=dataset.num_classes, seed=config.seed,
                        **configs.model_kwargs(config))

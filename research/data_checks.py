@@ -1,0 +1,148 @@
+"""Everything in a config that depends on the data, checked against the loaded data
+before a model is built: so that a run (or each point of a sweep) on a dataset it does
+not fit stops at once, with one line per mismatch naming the key, instead of as a shape
+error inside a jitted step.
+
+    check_config_against_data(config, dataset)   # raises ConfigError listing every line
+"""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from research import configs
+from research import errors
+from research import preprocess
+from research.models import MODELS
+
+
+def check_config_against_data(config: ml_collections.ConfigDict,
+                              dataset) -> None:
+  """`dataset` is the whole dataset as loaded (validation split carved out, before
+  subsets), `config` one with its normalisation filled in."""
+  lines = problems(config, dataset)
+  if lines:
+    raise errors.ConfigError(
+        f"the config does not fit config.dataset={config.dataset!r} ({_describe(dataset)}):"
+        + "".join(f"\n  - {line}" for line in lines))
+
+
+def problems(config: ml_collections.ConfigDict, dataset) -> list[str]:
+  """One line per mismatch between `config` and `dataset`, each naming its key."""
+  return [*_normalization(config, dataset), *_sizes(config, dataset),
+          *_augmentation(config, dataset), *_labels(config, dataset),
+          *_model(config, dataset)]
+
+
+def _describe(dataset) -> str:
+  return (f"inputs {dataset.image_shape}, {dataset.num_classes} classes, "
+          f"{len(dataset.train)} training examples")
+
+
+def _normalization(config, dataset) -> list[str]:
+  channels = dataset.image_shape[-1]
+  return [f"config.{key} has {len(config[key])} value(s), but the {dataset.name} inputs "
+          f"have {channels} channel(s): give {channels}, or use --config.normalize=auto "
+          "(measured on the data) or none."
+          for key in ("normalize_mean", "normalize_std") if len(config[key]) != channels]
+
+
+def _sizes(config, dataset) -> list[str]:
+  lines = []
+  available = len(dataset.train)
+  held_out = (f" left after config.validation_size={config.validation_size}"
+              if dataset.validation is not None else "")
+  if config.train_subset > available:
+    lines.append(f"config.train_subset={config.train_subset} is more than the {available} "
+                 f"training examples of {dataset.name}{held_out}: lower it (0 = all).")
+  if config.test_subset > len(dataset.test):
+    lines.append(f"config.test_subset={config.test_subset} is more than the "
+                 f"{len(dataset.test)} test examples of {dataset.name}: lower it (0 = all).")
+  train = min(config.train_subset or available, available)
+  if config.batch_size > train:
+    lines.append(f"config.batch_size={config.batch_size} is larger than the {train} "
+                 "training examples: lower it, or train on more (config.train_subset).")
+  if config.eval_train and config.eval_train_size > train:
+    lines.append(f"config.eval_train_size={config.eval_train_size} is more than the {train} "
+                 "training examples: lower it (0 = all of them).")
+  return lines
+
+
+def _augmentation(config, dataset) -> list[str]:
+  height, width = dataset.image_shape[:2]
+  if ("cutout" in preprocess.parse_augment(config.augment)
+      and config.cutout_size > min(height, width)):
+    return [f"config.cutout_size={config.cutout_size} is larger than the {height}x{width} "
+            f"{dataset.name} inputs: lower it, or drop cutout from config.augment."]
+  return []   # crop leaves axes of length 1 alone (MNIST-1D's width)
+
+
+def _labels(config, dataset) -> list[str]:
+  if config.label_corruption and dataset.num_classes < 2:
+    return [f"config.label_corruption={config.label_corruption} needs at least 2 classes; "
+            f"{dataset.name} has {dataset.num_classes}."]
+  return []
+
+
+def _model(config, dataset) -> list[str]:
+  """What the model cannot take of this data, found without training: its forward pass
+  and its gradient, traced and lowered for a batch of the data's shape. Lowering finds
+  what tracing does not (e.g. a convolution gradient with an empty window)."""
+  kwargs = configs.model_kwargs(config)
+  key = (config.model, repr(sorted(kwargs.items())), dataset.image_shape,
+         dataset.num_classes)
+  if key not in _MODEL_LINES:   # a sweep's points mostly share their model
+    _MODEL_LINES[key] = _model_line(config.model, kwargs, dataset)
+  return [_MODEL_LINES[key]] if _MODEL_LINES[key] else []
+
+
+_MODEL_LINES = {}
+
+
+def _model_line(name: str, kwargs: dict, dataset) -> str | None:
+  shape, classes = dataset.image_shape, dataset.num_classes
+  options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+  program = _forward_and_gradient(MODELS[name], kwargs, shape, classes)
+  images = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+  try:
+    logits, _ = jax.eval_shape(program, images, jax.random.key(0))
+    jax.jit(program).lower(images, jax.random.key(0))
+  except TypeError as e:   # the constructor's arguments
+    return f"config.model_kwargs ({options}) do not fit config.model={name!r}: {_first_line(e)}"
+  except Exception as e:  # whatever the model raises about its input, as a config line
+    return (f"config.model={name!r}{f' ({options})' if options else ''} cannot take the "
+            f"{dataset.name} inputs of shape {shape} ({type(e).__name__}: "
+            f"{_first_line(e)}): choose another model for this data.")
+  if logits.shape != (2, classes):
+    return (f"config.model={name!r} gives logits of shape {logits.shape[1:]} for the "
+            f"{dataset.name} inputs, not ({classes},) for its {classes} classes.")
+  return None
+
+
+def _forward_and_gradient(factory, kwargs: dict, shape, classes: int):
+  """(images, dropout key) -> (inference logits, gradients of the training-mode logits'
+  sum with respect to the parameters and the images), building the model inside."""
+
+  def program(images, key):
+    model = factory(input_shape=shape, num_classes=classes, rngs=nnx.Rngs(params=0),
+                    **kwargs)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def apply(params, images, train):
+      # copy=True: fresh variables at this trace level, which BatchNorm may update.
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      return model(images, train=train, dropout_key=key if train else None)
+
+    grads = jax.grad(lambda p, x: apply(p, x, True).sum(), argnums=(0, 1))(params, images)
+    return apply(params, images, False), grads
+
+  return program
+
+
+def _first_line(error: Exception) -> str:
+  """The error's first line, with the next one if it ends in ':' (the detail)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
