@@ -20,7 +20,6 @@ from research import errors
 from research import metrics as metrics_lib
 from research import outputs
 from research import plots
-from research import preprocess
 from research import progress as progress_lib
 from research import optim
 from research import sharding
