@@ -48,7 +48,7 @@ SOURCE = ("Srivastava et al. 2014, Table 9 (784-1024-1024-2048-10 ReLU on all 60
 def get_config(variant: str | None = None):
   c = configs.base_config()
   c.dataset = "mnist"
-  c.normalize = "none"   # pixels in [0, 1], as the results above were measured
+  c.normalize = "none"   # pixels in [0, 1], as its results in docs/studies were measured
   # Srivastava's 784-1024-1024-2048-10 ReLU net at a quarter of the width.
   c.model = "mlp"
   c.model_kwargs.widths = (256, 256, 512)

@@ -36,7 +36,7 @@ VARIANTS = ("default", "smoke")
 def _default():
   c = configs.base_config()
   c.dataset = "mnist"
-  c.normalize = "none"   # pixels in [0, 1], as the results above were measured
+  c.normalize = "none"   # pixels in [0, 1], as its results in docs/studies were measured
   c.train_subset = 5000
   c.validation_size = 5000
   c.model = "mlp"
