@@ -52,6 +52,13 @@ def test_unknown_model_and_bad_kwargs_name_the_problem():
     create_model("mlp", input_shape=MNIST, num_classes=10, widht=3)
 
 
+@pytest.mark.parametrize("name", ["lenet5", "vgg"])
+def test_inputs_too_small_for_the_pooling_are_refused(name):
+  """MNIST-1D's (40, 1, 1) sequences would pool to nothing."""
+  with pytest.raises(errors.ConfigError, match="too small"):
+    create_model(name, input_shape=(40, 1, 1), num_classes=10)
+
+
 def test_dropout_is_active_only_in_training():
   model = create_model("mlp", input_shape=MNIST, num_classes=10, widths=(256,), dropout=0.5)
   x = jax.random.normal(jax.random.key(0), (4, *MNIST))

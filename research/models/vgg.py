@@ -28,6 +28,9 @@ class VGG(nnx.Module):
     self.num_classes = num_classes
     self.act = layers.activation(activation)
     widths = [max(1, round(w * width_multiplier)) for w in widths]
+    if min(self.input_shape[:2]) < 2 ** len(widths):
+      raise errors.ConfigError(f"input {self.input_shape} is too small for {len(widths)} "
+                               "blocks that each halve the height and width")
     if isinstance(dropout, (int, float)):
       dropout = [float(dropout)] * len(widths)
     if len(dropout) != len(widths):
