@@ -4,7 +4,8 @@
     python -m experiments.cifar_cnn --config=experiments/cifar_cnn.py:VARIANT
 
 Default: VGG blocks of widths 16-32-64, two 3x3 conv + BatchNorm + ReLU per block, max
-pooling, global average pooling; random 2-pixel translation and horizontal flips on the
+pooling, global average pooling; inputs normalised with the training split's per-channel
+mean and std (normalize=auto); random 2-pixel translation and horizontal flips on the
 device; SGD with Nesterov momentum, a one-cycle learning rate, weight decay 5e-4 and label
 smoothing 0.1; batch 128 for 10 epochs on the 50,000 training images.
 
