@@ -86,9 +86,8 @@ def _labels(config, dataset) -> list[str]:
 
 
 def _model(config, dataset) -> list[str]:
-  """What the model cannot take of this data, found without training: its forward pass
-  and its gradient, traced and lowered for a batch of the data's shape. Lowering finds
-  what tracing does not (e.g. a convolution gradient with an empty window)."""
+  """What the model cannot take of this data, found without training: its construction,
+  forward pass and gradient, traced (not compiled) for a batch of the data's shape."""
   kwargs = configs.model_kwargs(config)
   key = (config.model, repr(sorted(kwargs.items())), dataset.image_shape,
          dataset.num_classes)
@@ -107,7 +106,6 @@ def _model_line(name: str, kwargs: dict, dataset) -> str | None:
   images = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
   try:
     logits, _ = jax.eval_shape(program, images, jax.random.key(0))
-    jax.jit(program).lower(images, jax.random.key(0))
   except TypeError as e:   # the constructor's arguments
     return f"config.model_kwargs ({options}) do not fit config.model={name!r}: {_first_line(e)}"
   except Exception as e:  # whatever the model raises about its input, as a config line
