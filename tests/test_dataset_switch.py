@@ -32,8 +32,8 @@ DATASETS = ("mnist", "cifar10", "mnist1d")
 # Smaller than the smoke variants: what is tested is the switch, not the training.
 SHRINK = {"train_subset": 256, "test_subset": 256, "num_epochs": 1, "progress": False}
 # The cases that cannot run, and the key their message must name: the seed CNNs' valid
-# convolutions need more than MNIST-1D's (40, 1) sequences, and the VGG's convolution
-# gradient does not lower for an axis of length 1.
+# convolutions need more than MNIST-1D's (40, 1) sequences, and the VGG's pooling needs
+# more than its width of 1.
 REFUSED = {("cifar_cnn", "mnist1d"): "config.model='vgg'",
            ("mnist_cnn", "mnist1d"): "config.model='mnist_cnn'",
            ("regularization", "mnist1d"): "config.model='cnn32'"}

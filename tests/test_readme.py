@@ -77,7 +77,8 @@ def test_quick_start_smoke_run_then_eval_on_its_workdir(data_dir, tmp_path):
   evaluate = readme_command(":smoke", "--config.mode=eval")
   assert [arg for arg in evaluate if arg != "--config.mode=eval"] == train
   workdir = tmp_path / "smoke"
-  run(with_flag(train, "--workdir", str(workdir)), data_dir)
+  trained = run(with_flag(train, "--workdir", str(workdir)), data_dir).stdout
+  assert "eta" in trained   # not a TTY here: progress comes as plain lines with an ETA
   summary = json.loads((workdir / "summary.json").read_text())
   before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
 
