@@ -64,6 +64,12 @@ def test_conv_matches_nnx_conv(features, kernel, padding, strides):
   np.testing.assert_allclose(fast_loss, loss, rtol=1e-6)
   chex.assert_trees_all_close(fast_dw, dw, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fast_dx, dx, rtol=1e-5, atol=1e-5)
+  # ... and really computed by this module's versions: padded filters, own gradients.
+  jaxpr = str(jax.make_jaxpr(xla_cpu.fast_kernels(apply))(params, x))
+  assert ("custom_vjp_call" in jaxpr) == (strides == 1)
+  padded = features[1] + -features[1] % xla_cpu.CHANNEL_MULTIPLE
+  assert ("pad[" in jaxpr) == (padded != features[1])
+  assert f"{kernel},{kernel},{features[0]},{padded}]" in jaxpr
 
 
 @pytest.mark.parametrize("shape, kernel, padding", [((4, 12, 12, 3), (5, 5, 3, 6), "VALID"),
