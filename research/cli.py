@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from research import data as data_lib
 from research import errors
+from research import runtime
 from research import sweep as sweep_lib
 from research import sweep_results
 from research.training import loop
@@ -61,6 +62,11 @@ def main(config_file: str, hooks: loop.Hooks | None = None) -> None:
                        lower_bound=1)
   flags.DEFINE_bool("print-commands", False, "Sweeps: print one command line per run not "
                     "yet finished (for GNU parallel, SLURM, ...) and exit.")
+  flags.DEFINE_enum("distributed", "auto", runtime.DISTRIBUTED,
+                    "Join the other processes of a multi-process run through "
+                    "jax.distributed: auto (when JAX_COORDINATOR_ADDRESS is set, under "
+                    "SLURM with several tasks, or on a TPU slice of several hosts), yes "
+                    "(always; JAX finds its peers), or no. docs/several_hosts.md.")
   flags.DEFINE_bool("aggregate-only", False, "Sweeps: only gather finished runs into "
                     "results.csv, results.md and the plots.")
   app.run(functools.partial(_run, experiment, hooks))
@@ -86,6 +92,7 @@ def _run(experiment: str, hooks: loop.Hooks | None, argv) -> None:
   if FLAGS.config.mode == "eval" and not FLAGS.workdir:
     raise app.UsageError("--config.mode=eval needs the --workdir of a run.")
   try:
+    runtime.initialize_distributed(FLAGS.distributed)
     summary = loop.train_and_evaluate(FLAGS.config, workdir, hooks)
   except (errors.UserError, data_lib.DataError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ from research import losses
 from research import normalization
 from research import optim
 from research import preprocess
+from research import runtime
 from research import xla_cpu
 from research.models import MODELS
 from research.models import accepts
@@ -93,7 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.steps_per_call = 16
   c.num_epochs = 10
   c.seed = 0
-  c.num_devices = 0               # 0 = every local device
+  c.num_devices = 0               # 0 = every device (of every process)
+  # The backend the run must be on: auto (whatever JAX picked) | cpu | gpu | tpu. A named
+  # one that JAX is not on stops the run before any work (research/runtime.py).
+  c.platform = "auto"
   c.log_every_steps = 200
   c.eval_every_epochs = 1         # 0 = only at the end
   c.final_train_eval = True       # re-evaluate the train split in inference mode at the end
@@ -137,6 +141,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "loss", losses.LOSSES)
   _check_choice(config, "data_source", DATA_SOURCES)
   _check_choice(config, "cpu_convolutions", xla_cpu.CONVOLUTION_LIBRARIES)
+  _check_choice(config, "platform", runtime.PLATFORMS)
   preprocess.parse_augment(config.augment)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)

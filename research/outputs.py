@@ -22,9 +22,12 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 class RunDir:
+  """The files of one workdir. With `writes=False` (the processes other than 0 of a
+  multi-process run) it reads them but never writes, creates or locks anything."""
 
-  def __init__(self, workdir: str | os.PathLike):
+  def __init__(self, workdir: str | os.PathLike, writes: bool = True):
     self.path = pathlib.Path(workdir)
+    self.writes = writes
 
   @property
   def checkpoint_dir(self) -> pathlib.Path:
@@ -45,7 +48,7 @@ class RunDir:
     """Holds an exclusive lock on WORKDIR/run.lock until `unlock` or the process ends.
 
     flock locks die with their process, so a lock left by a killed run never blocks."""
-    if getattr(self, "_lock_file", None):
+    if getattr(self, "_lock_file", None) or not self.writes:
       return
     self.create()
     path = self.path / "run.lock"
@@ -89,7 +92,7 @@ class RunDir:
     crash), atomically; returns how many records were dropped. A resumed run then
     writes the rest of the history exactly as an uninterrupted run would have."""
     path = self.path / "metrics.jsonl"
-    if not path.exists():
+    if not path.exists() or not self.writes:
       return 0
     kept, dropped = [], 0
     for line in path.read_text().splitlines():
@@ -113,14 +116,18 @@ class RunDir:
       raise errors.WorkdirError(f"Cannot create workdir {self.path}: {e.strerror}") from e
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
-    _write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    if self.writes:
+      _write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
   def log_metrics(self, record: dict) -> None:
+    if not self.writes:
+      return
     with open(self.path / "metrics.jsonl", "a") as f:
       f.write(json.dumps(record) + "\n")
 
   def write_summary(self, summary: dict) -> None:
-    _write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if self.writes:
+      _write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def git_commit() -> str:

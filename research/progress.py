@@ -16,12 +16,16 @@ def format_duration(seconds: float) -> str:
 
 class Progress:
 
-  def __init__(self, total_steps: int, initial_step: int = 0, enabled: bool = True):
+  def __init__(self, total_steps: int, initial_step: int = 0, enabled: bool = True,
+               silent: bool = False):
+    """enabled: the bar, on a terminal. silent: no output at all (a process other than
+    0 of a multi-process run)."""
     self.total = total_steps
+    self.silent = silent
     self.step = initial_step
     self.start_time = time.perf_counter()
     self.start_step = initial_step
-    self.tty = enabled and sys.stderr.isatty()
+    self.tty = enabled and not silent and sys.stderr.isatty()
     self.bar = tqdm(total=total_steps, initial=initial_step, unit="step",
                     dynamic_ncols=True, disable=not self.tty, file=sys.stderr)
 
@@ -39,6 +43,8 @@ class Progress:
   def log(self, message: str, postfix: dict | None = None) -> None:
     """A line for the record. On a TTY it goes above the bar; otherwise it carries the
     progress and ETA itself."""
+    if self.silent:
+      return
     if self.tty:
       if postfix:
         self.bar.set_postfix(postfix, refresh=False)

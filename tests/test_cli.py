@@ -71,6 +71,19 @@ def test_bad_value_names_the_key(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+def test_platform_jax_is_not_on_stops_before_work(tmp_path):
+  """A TPU runtime's subprocess that fell back to the CPU must not train at CPU speed."""
+  workdir = tmp_path / "run"
+  result = run_cli("mnist_mlp", "--config.platform=tpu", f"--workdir={workdir}",
+                   env={"JAX_PLATFORMS": "cpu", "RESEARCH_DATA_DIR": ""})
+  assert result.returncode == 2
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and "Traceback" not in result.stderr
+  assert "config.platform='tpu'" in lines[0] and "'cpu'" in lines[0]
+  assert "jax[tpu]" in lines[0] and "--config.platform=cpu" in lines[0]
+  assert not workdir.exists()
+
+
 def test_missing_data_fails_fast_and_says_how_to_fix(tmp_path):
   start = time.monotonic()
   result = run_cli("mnist_mlp", f"--config.data_dir={tmp_path / 'nowhere'}",

@@ -74,10 +74,12 @@ def _permutation(key, size):
 def make_eval_fn(cfg: StepConfig, mesh, batch_size: int, tuning: Tuning = Tuning()):
   batch_sharding = sharding.batch_sharded(mesh)
 
-  @functools.partial(jax.jit,
+  # Replicated results: every process of a multi-process run can fetch them.
+  @functools.partial(jax.jit, static_argnums=3, out_shardings=sharding.replicated(mesh),
                      compiler_options=tuning.compiler_options(batch_size // mesh.size))
-  def eval_batch(state, images, labels, order, index):
-    idx = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+  def eval_batch(state, images, labels, size, index):
+    # The last batch wraps around to the start; its extra rows are dropped below.
+    idx = (index * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % size
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     return eval_step(state, {"image": images[idx], "label": labels[idx]}, cfg)
 
@@ -86,12 +88,9 @@ def make_eval_fn(cfg: StepConfig, mesh, batch_size: int, tuning: Tuning = Tuning
   def evaluate(state, images, labels) -> tuple[np.ndarray, np.ndarray]:
     """Per-example losses and predictions for the whole split, fetched once."""
     size = labels.shape[0]
-    num_batches = -(-size // batch_size)
-    # The last batch wraps around to the start; its extra rows are dropped below.
-    order = jnp.arange(num_batches * batch_size, dtype=jnp.int32) % size
-    results = [eval_batch(state, images, labels, order, i) for i in range(num_batches)]
-    losses, preds = jax.device_get((jnp.concatenate([r[0] for r in results]),
-                                    jnp.concatenate([r[1] for r in results])))
-    return losses[:size], preds[:size]
+    results = jax.device_get([eval_batch(state, images, labels, size, i)
+                              for i in range(-(-size // batch_size))])
+    return (np.concatenate([r[0] for r in results])[:size],
+            np.concatenate([r[1] for r in results])[:size])
 
   return evaluate

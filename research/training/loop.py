@@ -22,6 +22,7 @@ from research import outputs
 from research import plots
 from research import progress as progress_lib
 from research import optim
+from research import runtime
 from research import sharding
 from research import tuning as tuning_lib
 from research.models import create_model
@@ -103,8 +104,9 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
                  best=tp.best, stopped_early=tp.stopped_early,
                  reported_step=int(run.state.step), resumed_from_step=run.resumed_from)
   run.writer.write_summary(summary)
-  plots.plot_learning_curves(run.writer.path,
-                             title=f"{config.model} on {run.dataset.name}")
+  if run.writer.writes:
+    plots.plot_learning_curves(run.writer.path,
+                               title=f"{config.model} on {run.dataset.name}")
   return summary
 
 
@@ -155,10 +157,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
   the data onto the devices, builds the state and the jitted functions, and restores
   the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
+  runtime.check_platform(config.platform)
   # Fills in the normalisation and checks the config against the data, before any work.
   config, dataset = preflight.load_for_run(config)
   compilation_cache.enable()
-  writer = outputs.RunDir(workdir)
+  writer = outputs.RunDir(workdir, writes=runtime.is_primary())
   changes = resume.check_resumable(writer, config)
   if config.mode == "train" and writer.path.exists():
     writer.lock()
@@ -218,14 +221,17 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
             train_split=train_split, eval_splits=eval_splits,
             progress=progress_lib.Progress(steps_per_epoch * config.num_epochs,
                                            initial_step=int(state.step),
-                                           enabled=config.progress and training),
+                                           enabled=config.progress and training,
+                                           silent=not runtime.is_primary()),
             checkpoints=checkpoints, train_progress=train_progress,
             resumed_from=resumed_from, hooks=hooks)
+  where = runtime.describe(mesh)
   run.progress.log(
       f"{dataset.name} from {dataset.source}: {len(dataset.train.labels)} train, "
       f"{len(dataset.test.labels)} test; model {config.model} with "
-      f"{count_params(run.state):,} parameters on {mesh.size} "
-      f"{mesh.devices.flat[0].platform} device(s)")
+      f"{count_params(run.state):,} parameters on {where['count']} {where['platform']} "
+      f"device(s) ({where['kind']}) in {where['processes']} process(es); "
+      f"XLA_FLAGS={where['xla_flags'] or '(none)'}")
   if resumed_from is not None:
     run.progress.log(f"resuming from checkpoint step {resumed_from} (epoch "
                      f"{resumed_from / steps_per_epoch:.2f}) in {checkpoints.directory}")
@@ -275,8 +281,10 @@ def train(run: Run) -> tuple[float, dict]:
         if epoch_end:
           new_best = _evaluate_epoch(run, epoch + 1)
         window_start = time.perf_counter()
+      # Every process stops at the same step, so that all save their part of the checkpoint.
+      stopping = runtime.any_process(bool(signals.received))
       if (resume.checkpoint_due(config, done, spe, total) or new_best or tp.stopped_early
-          or signals.received):
+          or stopping):
         tp.finished = done == total or tp.stopped_early
         saving = time.perf_counter()
         _save(run, done)
@@ -286,10 +294,10 @@ def train(run: Run) -> tuple[float, dict]:
                          f"{config.best_metric} in {tp.bad_evals} evaluations; best "
                          f"{tp.best['value']:.4f} at step {tp.best['step']}")
         break
-      if signals.received and done < total:
+      if stopping and done < total:
         run.progress.close()
         raise errors.Interrupted(
-            f"{signals.received}: stopped at step {done} of {total} with a checkpoint in "
+            f"{signals.received or 'a signal to another process'}: stopped at step {done} of {total} with a checkpoint in "
             f"{run.checkpoints.path(done)}. Run the same command again to resume.")
   run.progress.close()
   return tp.train_seconds, tp.last_train
@@ -426,6 +434,6 @@ def summarize(run: Run, log: bool = False) -> dict:
   summary.update(
       dataset=dataset.name, data_source=dataset.source, class_names=list(dataset.class_names),
       model=config.model, num_params=count_params(run.state),
-      devices=sharding.describe_devices(run.mesh), versions=outputs.library_versions(),
+      devices=runtime.describe(run.mesh), versions=outputs.library_versions(),
       git_commit=outputs.git_commit())
   return summary

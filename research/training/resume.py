@@ -19,6 +19,7 @@ RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "steps_per_call", "progres
                      "eval_every_epochs", "eval_batch_size", "final_train_eval",
                      "checkpoint_every_steps", "checkpoint_every_epochs",
                      "keep_checkpoints", "mode", "data_dir", "data_source", "num_devices",
+                     "platform",
                      "early_stopping_patience", "restore_best", "eval_train",
                      "eval_train_size")
 
