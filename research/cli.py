@@ -24,6 +24,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from research import data as data_lib
@@ -122,6 +123,9 @@ def _this_command() -> list[str]:
 
 def _run_sweep(experiment: str, module, config_arg: str) -> int:
   """Plans, runs (or prints) and aggregates a sweep; returns the exit code."""
+  # This process only plans and checks shapes. On the CPU, it holds no GPU memory and no
+  # TPU chip (which serves one process) while its runs need them.
+  jax.config.update("jax_platforms", "cpu")
   variant = config_arg.split(":", 1)[1] if ":" in config_arg else None
   if FLAGS.grid:
     sweep = sweep_lib.Sweep(sweep_lib.parse_grid(FLAGS.grid), title=experiment)

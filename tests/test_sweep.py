@@ -89,6 +89,18 @@ def test_print_commands_into_a_closed_pipe_ends_quietly(tmp_path):
   assert "Traceback" not in piped.stderr, piped.stderr[-2000:]
 
 
+def test_the_sweep_process_leaves_the_accelerator_to_its_runs(data_dir, tmp_path):
+  """The sweep's own process checks every point with JAX; asked for a TPU that this
+  machine lacks, it would fail if it opened a backend other than the CPU."""
+  env = dict(os.environ, JAX_PLATFORMS="tpu", RESEARCH_DATA_DIR=str(data_dir))
+  printed = subprocess.run(
+      [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={tmp_path}",
+       "--config=experiments/mnist_mlp.py:smoke", '--grid={"l2": [0.0, 0.1]}',
+       "--print-commands"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert printed.returncode == 0, printed.stderr[-2000:]
+  assert len(printed.stdout.splitlines()) == 2
+
+
 # Two points x two seeds of a tiny MLP on 512 MNIST images. Each save pauses 0.4 s (a
 # hook of tests/hooked_run.py, which the sweep's runs inherit with its environment), so a
 # run takes a few seconds and can be stopped in its middle.
