@@ -58,8 +58,10 @@ def main(config_file: str, hooks: loop.Hooks | None = None) -> None:
                        "default: the sweep's own.", lower_bound=1)
   flags.DEFINE_string("grid", None, "Sweeps: a grid of overrides as JSON, e.g. "
                       '\'{"weight_decay": [0, 0.0005]}\'; replaces get_sweep()\'s points.')
-  flags.DEFINE_integer("parallel", 1, "Sweeps: runs at a time, each its own process.",
-                       lower_bound=1)
+  flags.DEFINE_integer("parallel", 1, "Sweeps: runs at a time, each its own process. With "
+                       "GPUs, each run gets one (CUDA_VISIBLE_DEVICES) and at most one run "
+                       "per GPU goes at once; on a TPU host, runs go one at a time over "
+                       "every chip. The log says when this caps N.", lower_bound=1)
   flags.DEFINE_bool("print-commands", False, "Sweeps: print one command line per run not "
                     "yet finished (for GNU parallel, SLURM, ...) and exit.")
   flags.DEFINE_bool("aggregate-only", False, "Sweeps: only gather finished runs into "
