@@ -24,6 +24,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from research import data as data_lib
@@ -58,8 +59,10 @@ def main(config_file: str, hooks: loop.Hooks | None = None) -> None:
                        "default: the sweep's own.", lower_bound=1)
   flags.DEFINE_string("grid", None, "Sweeps: a grid of overrides as JSON, e.g. "
                       '\'{"weight_decay": [0, 0.0005]}\'; replaces get_sweep()\'s points.')
-  flags.DEFINE_integer("parallel", 1, "Sweeps: runs at a time, each its own process.",
-                       lower_bound=1)
+  flags.DEFINE_integer("parallel", 1, "Sweeps: runs at a time, each its own process. With "
+                       "GPUs, each run gets one (CUDA_VISIBLE_DEVICES) and at most one run "
+                       "per GPU goes at once; on a TPU host, runs go one at a time over "
+                       "every chip. The log says when this caps N.", lower_bound=1)
   flags.DEFINE_bool("print-commands", False, "Sweeps: print one command line per run not "
                     "yet finished (for GNU parallel, SLURM, ...) and exit.")
   flags.DEFINE_enum("distributed", "auto", runtime.DISTRIBUTED,
@@ -129,6 +132,9 @@ def _this_command() -> list[str]:
 
 def _run_sweep(experiment: str, module, config_arg: str) -> int:
   """Plans, runs (or prints) and aggregates a sweep; returns the exit code."""
+  # This process only plans and checks shapes. On the CPU, it holds no GPU memory and no
+  # TPU chip (which serves one process) while its runs need them.
+  jax.config.update("jax_platforms", "cpu")
   variant = config_arg.split(":", 1)[1] if ":" in config_arg else None
   if FLAGS.grid:
     sweep = sweep_lib.Sweep(sweep_lib.parse_grid(FLAGS.grid), title=experiment)

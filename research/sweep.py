@@ -9,12 +9,19 @@ line of the same experiment, in its own workdir DIR/POINT/seed_N, so that
 - `--print-commands` hands the runs to any scheduler (GNU parallel, a SLURM array);
 - `--aggregate-only` gathers whatever has finished into results.csv, results.md and
   plots (research/sweep_results.py).
+
+On a host with GPUs, `--parallel N` gives each run one GPU of its own
+(CUDA_VISIBLE_DEVICES) and runs at most as many at once as there are GPUs; on a TPU host
+the runs go one at a time, each over every chip (`job_slots`).
 """
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import glob
+import importlib.util
 import itertools
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -192,6 +199,77 @@ def print_commands(jobs: Sequence[Job], file=sys.stdout) -> None:
       print(shlex.join(argv), file=file)
 
 
+@dataclasses.dataclass(frozen=True)
+class Accelerators:
+  """What the sweep's runs will find: `platform` 'cpu', 'gpu' or 'tpu', and `ids`, the
+  GPUs as CUDA_VISIBLE_DEVICES names them, or the TPU chips' device files."""
+  platform: str = "cpu"
+  ids: tuple[str, ...] = ()
+
+
+def detect_accelerators() -> Accelerators:
+  """The host's GPUs or TPU chips, found without starting JAX in this process: JAX here
+  would hold GPU memory, or the TPU, while the runs need them. JAX_PLATFORMS=cpu means
+  the CPU, whatever the host has."""
+  if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
+    return Accelerators()
+  gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _nvidia_smi_listing())
+  if gpus:
+    return Accelerators("gpu", gpus)
+  chips = tpu_chips(glob.glob("/dev/accel*") + glob.glob("/dev/vfio/*"))
+  if chips and importlib.util.find_spec("libtpu") is not None:
+    return Accelerators("tpu", chips)
+  return Accelerators()
+
+
+def visible_gpus(cuda_visible_devices: str | None, nvidia_smi_listing: str) -> tuple[str, ...]:
+  """The GPUs that runs may be given, as CUDA_VISIBLE_DEVICES names them: its entries up
+  to the first invalid one (CUDA ignores the rest, e.g. after -1) when it is set, else
+  0..N-1 for the N GPUs that `nvidia-smi -L` lists."""
+  count = sum(line.startswith("GPU ") for line in nvidia_smi_listing.splitlines())
+  if not count:
+    return ()
+  if cuda_visible_devices is None:
+    return tuple(str(i) for i in range(count))
+  ids = []
+  for entry in cuda_visible_devices.split(","):
+    entry = entry.strip()
+    if not entry or entry.startswith("-"):
+      break
+    ids.append(entry)
+  return tuple(ids)
+
+
+def tpu_chips(device_files: Sequence[str]) -> tuple[str, ...]:
+  """The TPU chips among device files: /dev/accelN (TPU v2 to v4), /dev/vfio/N (v5e on)."""
+  return tuple(sorted(f for f in device_files if re.fullmatch(r"/dev/(accel|vfio/)\d+", f)))
+
+
+def _nvidia_smi_listing() -> str:
+  try:
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                          timeout=60).stdout
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def job_slots(accelerators: Accelerators, parallel: int) -> tuple[list[dict], str]:
+  """The environment of each run that may go at once, and a line for the log when the
+  accelerators change what `parallel` asked for. Runs on a CPU, or one at a time, take
+  the environment as it is: a lone run uses every device."""
+  if accelerators.platform == "cpu" or parallel == 1:
+    return [{}] * parallel, ""
+  count = len(accelerators.ids)
+  if accelerators.platform == "tpu":
+    return [{}], (f"--parallel {parallel} on a TPU host ({count} chip(s)): the runs go one "
+                  "at a time, each over every chip, because a TPU chip serves one process")
+  slots = [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in accelerators.ids[:parallel]]
+  head = f"--parallel {parallel} but {count} GPU(s)" if parallel > count else f"{count} GPUs"
+  pace = f"{len(slots)} runs at a time" if len(slots) > 1 else "the runs go one at a time"
+  return slots, (f"{head}: {pace}, one GPU each (CUDA_VISIBLE_DEVICES), so that no two "
+                 "runs share a GPU's memory")
+
+
 @dataclasses.dataclass
 class Outcome:
   skipped: list[str] = dataclasses.field(default_factory=list)
@@ -199,11 +277,16 @@ class Outcome:
   interrupted: bool = False   # a signal here, or a job that stopped resumably
 
 
-def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
-  """Runs the jobs that are not done, `parallel` at a time, each in its own session so
-  that a Ctrl-C reaches only this process, which passes it on as one SIGTERM: every
-  running job saves a checkpoint and stops, and the next call resumes it. A second
+def execute(jobs: Sequence[Job], parallel: int = 1, log=print,
+            accelerators: Accelerators | None = None) -> Outcome:
+  """Runs the jobs that are not done, `parallel` at a time or as many as the
+  accelerators allow (`job_slots`; default: `detect_accelerators()`), each in its own
+  session so that a Ctrl-C reaches only this process, which passes it on as one SIGTERM:
+  every running job saves a checkpoint and stops, and the next call resumes it. A second
   Ctrl-C passes on a second SIGTERM, which stops the jobs at once."""
+  slots, why = job_slots(accelerators or detect_accelerators(), parallel)
+  if why:
+    log(why)
   outcome = Outcome()
   todo = []
   for job in jobs:
@@ -213,7 +296,7 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
       todo.append(job)
   if outcome.skipped:
     log(f"skipping {len(outcome.skipped)} finished run(s)")
-  running: dict[subprocess.Popen, tuple[Job, float]] = {}
+  running: dict[subprocess.Popen, tuple[Job, float, int]] = {}
   stop, durations = [], []
 
   def on_signal(signum, frame):
@@ -228,15 +311,15 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
   total, finished = len(jobs), len(outcome.skipped)
   try:
     while todo or running:
-      while todo and len(running) < parallel and not stop:
-        job = todo.pop(0)
-        running[_launch(job, log)] = (job, time.perf_counter())
+      while todo and len(running) < len(slots) and not stop:
+        job, slot = todo.pop(0), _free_slot(running, len(slots))
+        running[_launch(job, slots[slot], log)] = (job, time.perf_counter(), slot)
       for proc in [p for p in running if p.poll() is not None]:
-        job, started = running.pop(proc)
+        job, started, _ = running.pop(proc)
         durations.append(time.perf_counter() - started)
         finished += proc.returncode == 0
         left = len(todo) + len(running)
-        eta = sum(durations) / len(durations) * left / parallel
+        eta = sum(durations) / len(durations) * left / len(slots)
         _report(job, proc.returncode, durations[-1],
                 f"{finished}/{total}" + (f", about {eta / 60:.0f} min left" if left else ""),
                 outcome, log)
@@ -250,15 +333,22 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print) -> Outcome:
   return outcome
 
 
-def _launch(job: Job, log) -> subprocess.Popen:
+def _free_slot(running: Mapping, count: int) -> int:
+  taken = {slot for _, _, slot in running.values()}
+  return min(set(range(count)) - taken)
+
+
+def _launch(job: Job, env: Mapping, log) -> subprocess.Popen:
   job.workdir.mkdir(parents=True, exist_ok=True)
   state = status(job)
-  log(f"{'resuming' if state == 'partial' else 'starting'} {job.name} (log: {job.log_path})")
+  device = "".join(f" on {k}={v}" for k, v in env.items())
+  log(f"{'resuming' if state == 'partial' else 'starting'} {job.name}{device} "
+      f"(log: {job.log_path})")
   with open(job.log_path, "a") as out:
-    out.write(f"$ {shlex.join(job.argv)}\n")
+    out.write(f"$ {shlex.join([*(f'{k}={v}' for k, v in env.items()), *job.argv])}\n")
     out.flush()
     return subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            env={**os.environ, **env}, start_new_session=True)
 
 
 def _report(job: Job, code: int, seconds: float, count: str, outcome: Outcome, log) -> None:

@@ -89,6 +89,98 @@ def test_print_commands_into_a_closed_pipe_ends_quietly(tmp_path):
   assert "Traceback" not in piped.stderr, piped.stderr[-2000:]
 
 
+def test_the_sweep_process_leaves_the_accelerator_to_its_runs(data_dir, tmp_path):
+  """The sweep's own process checks every point with JAX; asked for a TPU that this
+  machine lacks, it would fail if it opened a backend other than the CPU."""
+  env = dict(os.environ, JAX_PLATFORMS="tpu", RESEARCH_DATA_DIR=str(data_dir))
+  printed = subprocess.run(
+      [sys.executable, "-m", "experiments.mnist_mlp", f"--workdir={tmp_path}",
+       "--config=experiments/mnist_mlp.py:smoke", '--grid={"l2": [0.0, 0.1]}',
+       "--print-commands"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert printed.returncode == 0, printed.stderr[-2000:]
+  assert len(printed.stdout.splitlines()) == 2
+
+
+def test_accelerators_are_read_from_cuda_visible_devices_nvidia_smi_and_dev():
+  listing = "GPU 0: NVIDIA H100 (UUID: GPU-a)\nGPU 1: NVIDIA H100 (UUID: GPU-b)\n"
+  assert sweep_lib.visible_gpus(None, listing) == ("0", "1")
+  assert sweep_lib.visible_gpus("1", listing) == ("1",)
+  assert sweep_lib.visible_gpus("GPU-b,0,-1,1", listing) == ("GPU-b", "0")
+  assert sweep_lib.visible_gpus("", listing) == ()
+  assert sweep_lib.visible_gpus(None, "") == ()   # no nvidia-smi, or no GPU
+  assert sweep_lib.tpu_chips(["/dev/accel1", "/dev/accel0", "/dev/accel"]) == (
+      "/dev/accel0", "/dev/accel1")
+  assert sweep_lib.tpu_chips(["/dev/vfio/vfio", "/dev/vfio/0"]) == ("/dev/vfio/0",)
+
+
+# A run that records when it ran and which GPU it was given, in its own log.
+FAKE_RUN = ("import os, time; print('start', time.time(), "
+            "os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True); time.sleep(1.0); "
+            "print('end', time.time(), flush=True)")
+
+
+def _run_fake_jobs(tmp_path, count, parallel, accelerators):
+  """Runs `count` fake jobs; returns (the log lines, [(start, end, gpu)] per job)."""
+  jobs = [sweep_lib.Job(sweep_lib.Point({}, name=f"p{i}"), 0, tmp_path / f"p{i}", None,
+                        [sys.executable, "-c", FAKE_RUN]) for i in range(count)]
+  lines = []
+  outcome = sweep_lib.execute(jobs, parallel, log=lines.append, accelerators=accelerators)
+  assert not outcome.failed, outcome.failed
+  runs = []
+  for job in jobs:
+    words = {line.split()[0]: line.split()[1:] for line in
+             job.log_path.read_text().splitlines() if line.startswith(("start", "end"))}
+    runs.append((float(words["start"][0]), float(words["end"][0]), words["start"][1]))
+  return lines, runs
+
+
+def _most_at_once(runs) -> int:
+  events = sorted([(start, 1) for start, _, _ in runs] + [(end, -1) for _, end, _ in runs],
+                  key=lambda e: (e[0], e[1]))
+  level = peak = 0
+  for _, change in events:
+    level += change
+    peak = max(peak, level)
+  return peak
+
+
+def test_parallel_runs_on_gpus_get_one_each_and_no_more_than_there_are(tmp_path,
+                                                                        monkeypatch):
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  lines, runs = _run_fake_jobs(tmp_path, 4, 4, sweep_lib.Accelerators("gpu", ("0", "1")))
+  assert _most_at_once(runs) == 2
+  assert sorted(gpu for _, _, gpu in runs) == ["0", "0", "1", "1"]
+  for a in runs:   # runs that overlap in time hold different GPUs
+    for b in runs:
+      if a is not b and a[0] < b[1] and b[0] < a[1]:
+        assert a[2] != b[2], runs
+  assert "--parallel 4 but 2 GPU(s): 2 runs at a time, one GPU each" in lines[0]
+
+
+@pytest.mark.parametrize("accelerators, why", [
+    (sweep_lib.Accelerators("gpu", ("0",)), "--parallel 3 but 1 GPU(s): the runs go one at "
+                                            "a time, one GPU each"),
+    (sweep_lib.Accelerators("tpu", ("/dev/accel0", "/dev/accel1")),
+     "--parallel 3 on a TPU host (2 chip(s)): the runs go one at a time")])
+def test_one_gpu_or_a_tpu_runs_the_jobs_one_at_a_time_and_says_why(tmp_path, monkeypatch,
+                                                                    accelerators, why):
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  lines, runs = _run_fake_jobs(tmp_path, 3, 3, accelerators)
+  assert _most_at_once(runs) == 1
+  assert lines[0].startswith(why), lines
+  gpus = {gpu for _, _, gpu in runs}
+  assert gpus == ({"0"} if accelerators.platform == "gpu" else {"None"})
+
+
+def test_on_a_cpu_parallel_runs_go_at_once_with_the_environment_as_it_is(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  lines, runs = _run_fake_jobs(tmp_path, 2, 2, sweep_lib.Accelerators())
+  assert _most_at_once(runs) == 2
+  assert {gpu for _, _, gpu in runs} == {"None"}
+  assert all(line.startswith(("starting", "[")) for line in lines), lines
+
+
 # Two points x two seeds of a tiny MLP on 512 MNIST images. Each save pauses 0.4 s (a
 # hook of tests/hooked_run.py, which the sweep's runs inherit with its environment), so a
 # run takes a few seconds and can be stopped in its middle.
