@@ -13,9 +13,13 @@
                   kernels' order there with autodiff's gradients
     scan_conv_grads  one convolution's gradients, plain and inside `lax.scan`, from
                   autodiff and from research/xla_cpu.py's VJP in that order
+    accelerator   the day an accelerator is lent, in one run: matmul peak, the main job
+                  and its full variant end to end, the step in bfloat16 against float32,
+                  with 1 against 16 steps per call, and over batch sizes, into one JSON
 
 Helpers: `workloads` (the seed models and our step as the loop builds it), `common`
-(interleaved repeats, medians, matmul peak, machine, tables), `torch_peers` and
-`keras_peers` (the peers; `pip install -e '.[bench]'`), `baseline_peer` (another
-checkout's step, in a worker process).
+(interleaved repeats, medians, matmul peak, machine, tables), `accelerator_parts` (the
+accelerator script's measurements), `torch_peers` and `keras_peers` (the peers;
+`pip install -e '.[bench]'`), `baseline_peer` (another checkout's step, in a worker
+process).
 """

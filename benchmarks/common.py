@@ -47,6 +47,33 @@ def interleaved(candidates: dict[str, Callable[[], float]], repeats: int) -> dic
   return times
 
 
+def timed(work: Callable[[int], None]) -> Callable[[int], float]:
+  """run(steps) -> seconds, for a `work(steps)` that does the steps and blocks at the
+  end."""
+  def run(steps: int) -> float:
+    start = time.perf_counter()
+    work(steps)
+    return time.perf_counter() - start
+  return run
+
+
+def measure(runs: dict[str, Callable[[int], float]], repeats: int, target_s: float,
+            steps: int = 0, max_steps: dict[str, int] | None = None
+            ) -> tuple[dict[str, int], dict[str, list[float]]]:
+  """Warms each candidate up (one untimed step), gives it `steps` steps per repeat (or
+  as many as take about `target_s`, at most its `max_steps`), then times the repeats
+  interleaved. Returns (steps per repeat, seconds of each repeat), per candidate."""
+  counts = {}
+  for name, run in runs.items():
+    run(1)   # warm-up: compilation, thread pools, allocator
+    cap = (max_steps or {}).get(name, 5000)
+    counts[name] = min(steps, cap) if steps else calibrate_steps(run, target_s,
+                                                                 max_steps=cap)
+  times = interleaved({name: (lambda run=run, n=counts[name]: run(n))
+                       for name, run in runs.items()}, repeats)
+  return counts, times
+
+
 def summary(seconds: Sequence[float], work: float) -> dict:
   """Rates (work per second) from repeat times: median, min and max."""
   rates = [work / s for s in seconds]
@@ -72,11 +99,13 @@ def _best_rate(fn: Callable[[], None], flops: float, repeats: int) -> float:
   return flops / best / 1e9
 
 
-def matmul_peak_jax(n: int = 2048, repeats: int = 5, per_repeat: int = 3) -> float:
-  """GFLOP/s of an n x n float32 matmul under jit, best of `repeats` (a peak is what
-  the machine can do; a shared machine only lowers it)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_peak_jax(n: int = 2048, repeats: int = 5, per_repeat: int = 3,
+                    dtype=jnp.float32) -> float:
+  """GFLOP/s of an n x n matmul under jit (float32 unless `dtype`, at JAX's default
+  precision), best of `repeats` (a peak is what the machine can do; a shared machine
+  only lowers it)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   matmul = jax.jit(lambda a, b: a @ b)
 
   def run():

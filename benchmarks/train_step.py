@@ -61,21 +61,12 @@ flags.DEFINE_string("baseline", "", "A checkout of another revision of this proj
                     "step becomes the peer 'baseline' (benchmarks/baseline_peer.py).")
 
 
-def _timed(loop):
-  """run(steps) -> seconds, with `loop(steps)` doing the work and blocking at the end."""
-  def run(steps: int) -> float:
-    start = time.perf_counter()
-    loop(steps)
-    return time.perf_counter() - start
-  return run
-
-
 def ours(config, shape, batch, data):
   """Returns (run(steps) -> seconds, FLOPs per step, parameter count, optimised HLO)."""
   step = workloads.build_ours(config, shape, batch, data)
   flops = common.compiled_flops(step.one_step_fn, step.state, *step.arrays, 0, 1)
   hlo = step.step_fn.lower(step.state, *step.arrays, 0, step.steps_per_call).compile()
-  return _timed(step.run), flops, count_params(step.state), hlo.as_text()
+  return common.timed(step.run), flops, count_params(step.state), hlo.as_text()
 
 
 def torch_peer(config, shape, batch, data):
@@ -99,7 +90,7 @@ def torch_peer(config, shape, batch, data):
       idx = perm[j * batch:(j + 1) * batch]
       step(x[idx], y[idx])
 
-  return _timed(loop), torch_peers.count_params(model)
+  return common.timed(loop), torch_peers.count_params(model)
 
 
 def keras_peer(config, shape, batch, data):
@@ -125,7 +116,7 @@ def keras_peer(config, shape, batch, data):
   params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
   # fit() holds its arrays on the host; keep one repeat's copy under ~256 MB.
   max_steps = max(2, (256 << 20) // (batch * pool_x[0].nbytes))
-  return _timed(loop), params, max_steps
+  return common.timed(loop), params, max_steps
 
 
 def available_peers(requested: list[str], explicit: bool) -> list[str]:
@@ -168,14 +159,8 @@ def benchmark(key: str, batch: int, peers: list[str]) -> dict:
     if n != n_ours:
       raise RuntimeError(f"{work.label}: the {name} peer has {n:,} parameters, ours "
                          f"{n_ours:,}: not the same architecture")
-  steps = {}
-  for name, run in runs.items():
-    run(1)   # warm-up: compilation, thread pools, allocator
-    cap = max_steps.get(name, 5000)
-    steps[name] = (min(FLAGS.steps, cap) if FLAGS.steps
-                   else common.calibrate_steps(run, FLAGS.target_s, max_steps=cap))
-  times = common.interleaved({name: (lambda run=run, n=steps[name]: run(n))
-                              for name, run in runs.items()}, FLAGS.repeats)
+  steps, times = common.measure(runs, FLAGS.repeats, FLAGS.target_s, FLAGS.steps,
+                                max_steps)
   result = {"model": key, "label": work.label, "batch_size": batch, "params": n_ours,
             "steps_per_repeat": steps, "flops_per_step": flops}
   if baseline:

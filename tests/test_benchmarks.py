@@ -181,6 +181,63 @@ def test_end_to_end_benchmark_smoke(tmp_path, data_dir):
     assert len(r["wall_times_s"]) == 2 and r["wall_time_s"] == min(r["wall_times_s"])
 
 
+ACCELERATOR_PARTS = ["matmul_peak", "main_job", "bfloat16", "steps_per_call",
+                     "batch_sweep", "full_variant"]
+
+
+def test_accelerator_smoke(tmp_path, data_dir):
+  """The lent machine's script at --smoke size: every part runs and records numbers.
+  The bfloat16 part may be skipped only while the config has no compute_dtype key."""
+  out = tmp_path / "accelerator.json"
+  stdout = _run(["benchmarks.accelerator", "--smoke", f"--out={out}"],
+                env={"RESEARCH_DATA_DIR": str(data_dir)})
+  result = json.loads(out.read_text())
+  assert result["device"]["platform"] == "cpu" and result["device"]["count"] >= 1
+  parts = result["parts"]
+  assert list(parts) == ACCELERATOR_PARTS
+  for name in ACCELERATOR_PARTS:
+    assert f"| {name} " in stdout
+  if "compute_dtype" in configs.base_config():
+    _check_rates(parts["bfloat16"], ["float32", "bfloat16"], "bfloat16_over_float32")
+  else:
+    assert parts["bfloat16"]["status"] == "skipped", parts["bfloat16"]
+    assert "compute_dtype" in parts["bfloat16"]["note"]
+  peak = parts["matmul_peak"]
+  assert peak["status"] == "ok" and peak["float32_gflops"] > 0 < peak["bfloat16_gflops"]
+  for name in ("main_job", "full_variant"):
+    run = parts[name]
+    assert run["status"] == "ok", run
+    assert run["train_images"] == 512 and run["epochs"] == 1 == run["epochs_done"]
+    assert 0 < run["test_accuracy"] == run["last_test_accuracy"] <= 1
+    assert run["wall_time_s"] > run["train_time_s"] > 0 and run["examples_per_s"] > 0
+  _check_rates(parts["steps_per_call"], ["1", "16"], "fused_over_one")
+  sweep = parts["batch_sweep"]
+  _check_rates(sweep, ["8", "32"])
+  assert sweep["flops_per_image"] > 0 and sweep["left_out_for_time"] == []
+
+
+def _check_rates(record: dict, candidates: list[str], ratio: str = "") -> None:
+  assert record["status"] == "ok", record
+  assert list(record["images_per_s"]) == candidates
+  for rate in record["images_per_s"].values():
+    assert rate["median"] > 0 and rate["steps_per_repeat"] >= 2
+  assert not ratio or record[ratio] > 0
+
+
+def test_accelerator_stops_a_run_when_its_budget_runs_out(data_dir, monkeypatch):
+  """Past the deadline, a run stops after its next epoch's evaluation and keeps what it
+  measured."""
+  from benchmarks import accelerator_parts as parts
+  monkeypatch.setenv("RESEARCH_DATA_DIR", str(data_dir))
+  config = parts.run_config("lenet", parts.SMOKE)   # batch 32: 16 steps an epoch
+  config.num_epochs = 3
+  record = parts.train_run(config, deadline=0.0)
+  assert record["status"] == "stopped", record
+  assert record["note"].startswith("stopped after step 17 of 48")
+  assert record["epochs_done"] == 1.0 and 0 < record["last_test_accuracy"] <= 1
+  assert "test_accuracy" not in record
+
+
 def test_markdown_table_and_ratio():
   from benchmarks import common
   table = common.markdown_table(["a", "b"], [["x", "1"], ["yy", "22"]])

@@ -2,6 +2,8 @@
 Colab notebook runs here as off Colab: its Colab cells skipped, the CPU, the smoke
 variants and the data in $RESEARCH_DATA_DIR."""
 
+import json
+
 import nbformat
 from nbclient import NotebookClient
 import pytest
@@ -66,6 +68,8 @@ def test_colab_notebook_runs_the_main_job_and_a_sweep_off_colab(data_dir, tmp_pa
   assert len(tables) == 1 and "| none | 1 |" in tables[0] and "| crop+wd | 1 |" in tables[0]
   assert _images(notebook) == 4   # the main job's curves and the sweep's three figures
   assert (tmp_path / "cifar_cnn" / "summary.json").exists()
+  config = json.loads((tmp_path / "cifar_cnn" / "config.json").read_text())
+  assert config["platform"] == "cpu"     # the runs check the backend themselves
   assert (tmp_path / "regularization" / "results.md").exists()
 
 
