@@ -20,7 +20,8 @@ import pytest
 
 from conftest import REPO
 
-DOCS = ("README.md", "docs/studies/README.md", "docs/performance.md")
+DOCS = ("README.md", "docs/studies/README.md", "docs/performance.md",
+        "docs/several_hosts.md")
 
 
 def commands(text: str) -> list[list[str]]:
@@ -34,6 +35,8 @@ def commands(text: str) -> list[list[str]]:
     for line in block.replace("\\\n", " ").splitlines():
       for start in re.finditer(r"python -m (experiments|benchmarks)\.[a-z_]+\b", line):
         rest = re.split(r"\s(?:&&|\|\||;|\||>)\s|;", line[start.start():])[0]
+        if rest.count("'") % 2:   # the end of a quoted remote command, e.g. gcloud's
+          rest = rest[:rest.rindex("'")]
         argv = shlex.split(rest, comments=True)
         if argv not in found:
           found.append(argv)
