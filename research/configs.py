@@ -19,6 +19,7 @@ from research.models import accepts
 
 DATA_SOURCES = ("auto", "local", "tfds")
 BATCH_NORM = ("auto", "on", "off")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -88,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   # norm", Hoffer et al. 2017): a different model, so it must be asked for.
   c.ghost_batch_norm = False
   c.eval_batch_size = 1000
+  # The dtype of the forward and backward passes: float32 | bfloat16 (mixed precision,
+  # for GPUs and TPUs). Parameters, optimiser state, BatchNorm statistics, the loss and
+  # the checkpoints stay float32 either way.
+  c.compute_dtype = "float32"
   # The library XLA:CPU runs convolutions with: auto | ynnpack | eigen. Ignored elsewhere.
   c.cpu_convolutions = "auto"
   # Train steps per jitted call; the results do not depend on it.
@@ -142,6 +147,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "data_source", DATA_SOURCES)
   _check_choice(config, "cpu_convolutions", xla_cpu.CONVOLUTION_LIBRARIES)
   _check_choice(config, "platform", runtime.PLATFORMS)
+  _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
   preprocess.parse_augment(config.augment)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)
@@ -182,7 +188,8 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
   knobs = {"dropout": (config.dropout, config.dropout != -1),
            "batch_norm": (config.batch_norm == "on", config.batch_norm != "auto"),
            "width_multiplier": (config.width_multiplier, config.width_multiplier != 1.0),
-           "depth_multiplier": (config.depth_multiplier, config.depth_multiplier != 1)}
+           "depth_multiplier": (config.depth_multiplier, config.depth_multiplier != 1),
+           "compute_dtype": (config.compute_dtype, config.compute_dtype != "float32")}
   for key, (value, is_set) in knobs.items():
     if not is_set:
       continue

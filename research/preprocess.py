@@ -1,8 +1,10 @@
 """On-device preprocessing inside the jitted step: normalisation and augmentation.
 
-Images stay uint8 on the device until the step turns a gathered batch into float32, so
-the resident dataset is four times smaller, and no per-image Python runs per step. Datasets
-of real values (MNIST-1D) are float32 already and are not rescaled.
+Images stay uint8 on the device until the step turns a gathered batch into the compute
+dtype (float32, or bfloat16 with `config.compute_dtype`), so the resident dataset is four
+times smaller, and no per-image Python runs per step. Datasets of real values (MNIST-1D)
+are float32 already and are not rescaled. Augmentation only moves and zeroes pixels, so it
+works in any dtype.
 """
 
 from collections.abc import Sequence
@@ -25,16 +27,18 @@ def parse_augment(spec: str) -> tuple[str, ...]:
   return ops
 
 
-def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """uint8 [0, 255] -> float32 ((x / 255) - mean) / std, per channel; float input is taken
-  as already scaled: (x - mean) / std."""
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
+              dtype: jnp.dtype | str = jnp.float32) -> jax.Array:
+  """uint8 [0, 255] -> ((x / 255) - mean) / std in `dtype`, per channel; float input is
+  taken as already scaled: (x - mean) / std. Computed in `dtype` from the start: uint8
+  values are exact in bfloat16."""
   if not len(mean) or not len(std):   # would broadcast the channels away
     raise ValueError("normalize needs a mean and std per channel: build the step from a "
                      "config whose normalisation is filled in (research/normalization.py).")
-  x = images.astype(jnp.float32)
+  x = images.astype(dtype)
   if images.dtype == jnp.uint8:  # static under jit: the dtype is part of the trace
     x = x / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
 
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:

@@ -25,13 +25,15 @@ class ConvPoolNet(nnx.Module):
   Seeds S2-S6 are all this shape; they differ only in channels, kernels and widths.
   For the studies, `width_multiplier` scales channels and hidden dense widths, and
   `batch_norm` adds BatchNorm before each hidden activation (conv and dense).
+  `compute_dtype` is the dtype the layers compute in; parameters stay float32.
   """
 
   def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
                channels: Sequence[int], kernels: Sequence[int],
                dense: Sequence[int] = (), activation: str = "relu",
                dropout: float = 0.0, width_multiplier: float = 1.0,
-               batch_norm: bool = False, bn_momentum: float = 0.9):
+               batch_norm: bool = False, bn_momentum: float = 0.9,
+               compute_dtype: str = "float32"):
     if len(channels) != len(kernels):
       raise errors.ConfigError(f"channels {channels} and kernels {kernels} differ in length")
     channels = [max(1, round(x * width_multiplier)) for x in channels]
@@ -46,15 +48,17 @@ class ConvPoolNet(nnx.Module):
     self.dropout_rate = dropout
     ins = [c, *channels[:-1]]
     self.convs = nnx.List([
-        nnx.Conv(i, o, (k, k), padding="VALID", use_bias=not batch_norm, rngs=rngs)
+        nnx.Conv(i, o, (k, k), padding="VALID", use_bias=not batch_norm,
+                 dtype=compute_dtype, rngs=rngs)
         for i, o, k in zip(ins, channels, kernels)])
     sizes = [side_h * side_w * channels[-1], *dense]
     self.dense = nnx.List(
-        [nnx.Linear(a, b, use_bias=not batch_norm, rngs=rngs)
+        [nnx.Linear(a, b, use_bias=not batch_norm, dtype=compute_dtype, rngs=rngs)
          for a, b in zip(sizes[:-1], sizes[1:])])
-    self.norms = nnx.List([nnx.BatchNorm(n, momentum=bn_momentum, rngs=rngs)
+    self.norms = nnx.List([layers.batch_norm(n, momentum=bn_momentum,
+                                             compute_dtype=compute_dtype, rngs=rngs)
                            for n in [*channels, *dense]] if batch_norm else [])
-    self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+    self.head = nnx.Linear(sizes[-1], num_classes, dtype=compute_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:

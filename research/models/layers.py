@@ -1,5 +1,6 @@
-"""Activations and dropout shared by the model zoo."""
+"""Activations, dropout and BatchNorm shared by the model zoo."""
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 
@@ -34,3 +35,20 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None, train: bool) -> ja
 def layer_key(key: jax.Array | None, index: int) -> jax.Array | None:
   """A distinct key for the index-th dropout layer, so masks are independent."""
   return None if key is None else jax.random.fold_in(key, index)
+
+
+def batch_norm(features: int, *, momentum: float, compute_dtype: str,
+               rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """nnx.BatchNorm that normalises in float32 and returns `compute_dtype`. Flax computes
+  the batch statistics in at least float32 but casts the running averages, scale and
+  bias to the layer's dtype; here they stay float32, so that inference in bfloat16 does
+  not normalise with rounded statistics."""
+  return nnx.BatchNorm(features, momentum=momentum, dtype=compute_dtype,
+                       promote_dtype=_keep_dtypes, rngs=rngs)
+
+
+def _keep_dtypes(args: tuple, /, *, dtype=None, inexact=True) -> tuple:
+  """BatchNorm's `promote_dtype`: the input (already in the compute dtype) and the
+  float32 statistics and parameters as they are; arithmetic on them is float32."""
+  del dtype, inexact
+  return args

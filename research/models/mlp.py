@@ -13,14 +13,15 @@ from research.models import layers
 class MLP(nnx.Module):
   """Flatten -> [Dense -> (BatchNorm) -> activation -> dropout] * len(widths) ->
   Dense(num_classes). For capacity sweeps, `width_multiplier` scales the hidden widths
-  and `depth_multiplier` repeats each hidden layer (widths (512,) x 3 -> 512-512-512)."""
+  and `depth_multiplier` repeats each hidden layer (widths (512,) x 3 -> 512-512-512).
+  `compute_dtype` is the dtype the layers compute in; parameters stay float32."""
 
   def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
                widths: Sequence[int] = (64,), activation: str = "relu",
                dropout: float = 0.0, input_dropout: float = 0.0,
                width_multiplier: float = 1.0, depth_multiplier: int = 1,
                batch_norm: bool = False,
-               bn_momentum: float = 0.9):
+               bn_momentum: float = 0.9, compute_dtype: str = "float32"):
     self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
     self.act = layers.activation(activation)
@@ -31,11 +32,12 @@ class MLP(nnx.Module):
     sizes = [int(np.prod(input_shape)), *widths]
     # BatchNorm's shift replaces the Dense bias, as in VGG.
     self.hidden = nnx.List(
-        [nnx.Linear(a, b, use_bias=not batch_norm, rngs=rngs)
+        [nnx.Linear(a, b, use_bias=not batch_norm, dtype=compute_dtype, rngs=rngs)
          for a, b in zip(sizes[:-1], sizes[1:])])
-    self.norms = nnx.List([nnx.BatchNorm(b, momentum=bn_momentum, rngs=rngs)
+    self.norms = nnx.List([layers.batch_norm(b, momentum=bn_momentum,
+                                             compute_dtype=compute_dtype, rngs=rngs)
                            for b in widths] if batch_norm else [])
-    self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+    self.head = nnx.Linear(sizes[-1], num_classes, dtype=compute_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:

@@ -3,6 +3,7 @@
 Each block is [Conv 3x3 (same) -> BatchNorm -> ReLU] * convs_per_block -> MaxPool 2 ->
 Dropout; then global average pooling and one Dense head. For capacity sweeps,
 `width_multiplier` scales the widths and `depth_multiplier` the convs per block.
+`compute_dtype` is the dtype the layers compute in; parameters stay float32.
 """
 
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ class VGG(nnx.Module):
                batch_norm: bool = True, dropout: float | Sequence[float] = 0.0,
                head_dropout: float = 0.0, width_multiplier: float = 1.0,
                depth_multiplier: int = 1,
-               activation: str = "relu", bn_momentum: float = 0.9):
+               activation: str = "relu", bn_momentum: float = 0.9,
+               compute_dtype: str = "float32"):
     self.input_shape = tuple(input_shape)
     self.num_classes = num_classes
     self.act = layers.activation(activation)
@@ -44,13 +46,14 @@ class VGG(nnx.Module):
     for width in widths:
       for _ in range(convs_per_block):
         convs.append(nnx.Conv(in_ch, width, (3, 3), padding="SAME",
-                              use_bias=not batch_norm, rngs=rngs))
+                              use_bias=not batch_norm, dtype=compute_dtype, rngs=rngs))
         if batch_norm:
-          norms.append(nnx.BatchNorm(width, momentum=bn_momentum, rngs=rngs))
+          norms.append(layers.batch_norm(width, momentum=bn_momentum,
+                                         compute_dtype=compute_dtype, rngs=rngs))
         in_ch = width
     self.convs = nnx.List(convs)
     self.norms = nnx.List(norms)
-    self.head = nnx.Linear(in_ch, num_classes, rngs=rngs)
+    self.head = nnx.Linear(in_ch, num_classes, dtype=compute_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:

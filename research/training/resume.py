@@ -14,14 +14,15 @@ from research import outputs
 
 
 # Keys that may change between a run and its resumption: they do not change what the
-# saved state means. Any other change is refused, naming the keys.
+# saved state means. Any other change is refused, naming the keys. `compute_dtype` is
+# one: checkpoints are float32 in either dtype (the same tree, the same dtypes), and like
+# `num_devices` it changes only the rounding of the steps after the resumption.
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "steps_per_call", "progress",
                      "eval_every_epochs", "eval_batch_size", "final_train_eval",
                      "checkpoint_every_steps", "checkpoint_every_epochs",
                      "keep_checkpoints", "mode", "data_dir", "data_source", "num_devices",
-                     "platform",
-                     "early_stopping_patience", "restore_best", "eval_train",
-                     "eval_train_size")
+                     "platform", "compute_dtype", "early_stopping_patience",
+                     "restore_best", "eval_train", "eval_train_size")
 
 
 @dataclasses.dataclass

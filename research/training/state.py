@@ -47,11 +47,13 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
 def apply_model(state: TrainState, params: nnx.State, images: jax.Array, *,
                 train: bool, dropout_key: jax.Array | None = None,
                 batch_stats: nnx.State | None = None):
-  """Returns (logits, updated BatchNorm statistics); the statistics start from
-  `batch_stats`, by default the state's."""
+  """Returns (float32 logits, updated BatchNorm statistics); the statistics start from
+  `batch_stats`, by default the state's. The logits are cast to float32 whatever the
+  model computes in, so that the softmax and the loss are float32."""
   batch_stats = state.batch_stats if batch_stats is None else batch_stats
-  return state.model_fn(state.graphdef, params, batch_stats, images, train=train,
-                        dropout_key=dropout_key)
+  logits, batch_stats = state.model_fn(state.graphdef, params, batch_stats, images,
+                                       train=train, dropout_key=dropout_key)
+  return logits.astype(jnp.float32), batch_stats
 
 
 def count_params(state: TrainState) -> int:

@@ -7,6 +7,7 @@ reproducible and resumes exactly without saving any random state.
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,6 +34,7 @@ class StepConfig:
   max_norm: float = 0.0
   micro_batches: int = 1   # gradients accumulated over this many slices of each shard
   data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
+  compute_dtype: str = "float32"   # of the images; the model's layers are built with it
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict,
@@ -97,9 +99,11 @@ def max_norm_project(params, max_norm: float):
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
-  """One optimiser update on `batch = {'image': NHWC uint8 (or float32), 'label': int32 N}`."""
+  """One optimiser update on `batch = {'image': NHWC uint8 (or float32), 'label': int32 N}`.
+  The forward and backward passes run in `cfg.compute_dtype`; the loss, the gradients
+  and the update are in the parameters' dtype (float32)."""
   augment_key, dropout_key = jax.random.split(key)
-  images = preprocess.normalize(batch["image"], cfg.normalize_mean, cfg.normalize_std)
+  images = _normalize(batch["image"], cfg)
   if cfg.augment:
     images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding,
                                 cfg.cutout_size)
@@ -110,6 +114,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
     loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing).mean()
     if cfg.l1 or cfg.l2:
       loss = loss + penalty(params, cfg.l1, cfg.l2)
+    chex.assert_type([logits, loss], jnp.float32)
     return loss, (logits, batch_stats)
 
   grad_fn = in_slices(jax.value_and_grad(loss_fn, has_aux=True), cfg.micro_batches,
@@ -120,6 +125,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
   if cfg.max_norm:
     params = max_norm_project(params, cfg.max_norm)
+  # Mixed precision must not leak into what is stored: the checkpoints stay float32.
+  chex.assert_trees_all_equal_dtypes(grads, params, state.params)
+  chex.assert_trees_all_equal_dtypes(opt_state, state.opt_state)
+  chex.assert_trees_all_equal_dtypes(batch_stats, state.batch_stats)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
   metrics = {"loss": loss,
@@ -162,7 +171,14 @@ def in_slices(grad_fn, micro_batches: int, data_shards: int):
 
 def eval_step(state: TrainState, batch: dict, cfg: StepConfig):
   """Per-example losses and predicted classes, in inference mode."""
-  images = preprocess.normalize(batch["image"], cfg.normalize_mean, cfg.normalize_std)
-  logits, _ = apply_model(state, state.params, images, train=False)
+  logits, _ = apply_model(state, state.params, _normalize(batch["image"], cfg), train=False)
   loss = losses.per_example_loss(cfg.loss, logits, batch["label"], 0.0)
   return loss, jnp.argmax(logits, -1)
+
+
+def _normalize(images: jax.Array, cfg: StepConfig) -> jax.Array:
+  """The batch's images, normalised straight into the compute dtype."""
+  images = preprocess.normalize(images, cfg.normalize_mean, cfg.normalize_std,
+                                cfg.compute_dtype)
+  chex.assert_type(images, jnp.dtype(cfg.compute_dtype))
+  return images
