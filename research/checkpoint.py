@@ -15,22 +15,62 @@ synchronous save means that an error (read-only or full disk) surfaces at the st
 caused it. Orbax writes each step into a temporary directory and renames it when complete,
 so a crash during a save leaves the earlier checkpoints as they were; a checkpoint that
 fails to restore is skipped with a warning and the one before it is used.
+
+The directory is a local path or a URL, through `etils.epath`. Orbax writes the arrays
+with TensorStore, which it points at gs:// or at a local path (`as_posix()`), so other
+schemes are refused before any work (`check_storage`).
 """
 
 import dataclasses
+import importlib.util
 import logging
 import os
-import pathlib
 import signal
 import sys
 import threading
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from research import errors
+from research import outputs
+
+
+def check_storage(workdir: str | os.PathLike) -> None:
+  """Refuses, before any work, a URL workdir that orbax cannot write checkpoints to, and
+  a gs:// one without google-cloud-storage (orbax deletes old checkpoints on GCS with
+  it). A scheme that etils.epath does not know is left to `outputs.workdir_path`."""
+  if not outputs.is_url(workdir):
+    return
+  scheme = os.fspath(workdir).split("://", 1)[0]
+  if scheme == "gs":
+    if not _installed("google.cloud.storage"):
+      raise errors.WorkdirError(
+          f"Cannot write checkpoints to {workdir}: orbax needs google-cloud-storage on "
+          f"gs://. Run `pip install {outputs.INSTALL['gs']}`, then the same command "
+          "again; nothing was written.")
+  elif not _has_local_name(workdir):
+    raise errors.WorkdirError(
+        f"Cannot write checkpoints to {workdir}: orbax stores them on gs:// or on a "
+        f"local (or mounted) path, not on {scheme}://. Use one of those as the workdir.")
+
+
+def _has_local_name(url: str | os.PathLike) -> bool:
+  """Whether epath's path class for `url` gives TensorStore a local name (`as_posix`)."""
+  try:
+    return os.path.isabs(epath.Path(url).as_posix())
+  except KeyError:  # no filesystem for the scheme at all
+    return True
+
+
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:   # a parent package is missing
+    return False
 
 
 @dataclasses.dataclass
@@ -65,7 +105,7 @@ class Checkpoints:
   def __init__(self, directory: str | os.PathLike, keep: int = 3,
                best_step: int | None = None, read_only: bool = False,
                temporary_path_class: type | None = None):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = _absolute(epath.Path(directory))
     self._policy = _KeepLatestAndBest(keep=max(keep, 1), best_step=best_step)
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=False, create=False, read_only=read_only,
@@ -78,7 +118,7 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def path(self, step: int) -> pathlib.Path:
+  def path(self, step: int) -> epath.Path:
     return self.directory / str(step)
 
   def set_best_step(self, step: int | None) -> None:
@@ -124,14 +164,14 @@ class Checkpoints:
               file=sys.stderr, flush=True)
     return None
 
-  def _quarantine(self, step: int) -> pathlib.Path:
+  def _quarantine(self, step: int) -> epath.Path:
     target = self.directory.with_name(self.directory.name + ".unreadable") / str(step)
     target.parent.mkdir(exist_ok=True)
     suffix = 0
     while target.exists():
       suffix += 1
       target = target.with_name(f"{step}.{suffix}")
-    os.replace(self.path(step), target)
+    self.path(step).rename(target)
     self._manager.reload()
     return target
 
@@ -167,7 +207,12 @@ def _storage_reason(e: Exception) -> str:
   return text.splitlines()[0][:300]
 
 
-def _make_dir(path: pathlib.Path) -> None:
+def _absolute(path: epath.Path) -> epath.Path:
+  """Orbax needs an absolute path; a URL already is one, and stays a URL."""
+  return path if outputs.is_url(path) else epath.Path(os.path.abspath(path))
+
+
+def _make_dir(path: epath.Path) -> None:
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:

@@ -9,13 +9,17 @@ line of the same experiment, in its own workdir DIR/POINT/seed_N, so that
 - `--print-commands` hands the runs to any scheduler (GNU parallel, a SLURM array);
 - `--aggregate-only` gathers whatever has finished into results.csv, results.md and
   plots (research/sweep_results.py).
+
+The sweep directory may be a URL (gs://...): planning, `--print-commands` and
+`--aggregate-only` read and write it through `etils.epath`. Running the jobs from here
+needs a local one (`check_can_execute`): each job's output goes to a local log file.
 """
 
 from collections.abc import Mapping, Sequence
 import dataclasses
 import itertools
 import json
-import pathlib
+import os
 import re
 import shlex
 import signal
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import time
 
+from etils import epath
 import ml_collections
 
 from research import configs
@@ -114,7 +119,7 @@ class Job:
   """One run of the sweep: a point at one seed."""
   point: Point
   seed: int
-  workdir: pathlib.Path
+  workdir: epath.Path
   config: ml_collections.ConfigDict
   argv: list[str]
 
@@ -123,19 +128,19 @@ class Job:
     return f"{self.point.label}/seed_{self.seed}"
 
   @property
-  def log_path(self) -> pathlib.Path:
+  def log_path(self) -> epath.Path:
     return self.workdir / "output.log"
 
   def summary(self) -> dict | None:
     return outputs.RunDir(self.workdir).read_summary()
 
 
-def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | pathlib.Path,
+def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | os.PathLike,
          num_seeds: int, command: Sequence[str], config_arg: str,
          user_overrides: Mapping) -> list[Job]:
   """Every (point, seed) with its config and command line. Raises ConfigError, naming
   the point and key, for an override that the config does not have or rejects."""
-  sweep_dir = pathlib.Path(sweep_dir)
+  sweep_dir = epath.Path(sweep_dir)
   jobs = []
   for point in sweep.points:
     for i in range(num_seeds):
@@ -174,6 +179,18 @@ def check_existing(jobs: Sequence[Job]) -> None:
     raise errors.WorkdirError(
         "the sweep directory holds runs of a different config:\n  " + "\n  ".join(clashes)
         + "\nUse a new --workdir for the changed sweep; nothing was changed.")
+
+
+def check_can_execute(sweep_dir: str | os.PathLike) -> None:
+  """Running the jobs from here writes their output to DIR/POINT/seed_N/output.log, a
+  local file that a process writes into: a URL sweep directory is refused, before any
+  work, with what to do instead."""
+  if outputs.is_url(sweep_dir):
+    raise errors.WorkdirError(
+        f"A sweep runs its jobs here with their logs in local files, so {sweep_dir} "
+        "cannot be its directory. Pass --print-commands to get one command line per run "
+        "(each writes to its own workdir under the URL), run them anywhere, then gather "
+        "the results with --aggregate-only; or give a local --workdir.")
 
 
 def status(job: Job) -> str:
@@ -271,5 +288,5 @@ def _report(job: Job, code: int, seconds: float, count: str, outcome: Outcome, l
             2: "failed: bad input or config"}.get(code, f"crashed with exit code {code}")
   outcome.failed.append(f"{job.name}: {reason}")
   outcome.interrupted |= code == errors.Interrupted.EXIT_CODE
-  tail = job.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+  tail = job.log_path.read_bytes().decode(errors="replace").strip().splitlines()[-3:]
   log(f"{job.name} {reason}; last lines of {job.log_path}:\n    " + "\n    ".join(tail))

@@ -155,10 +155,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
   the data onto the devices, builds the state and the jitted functions, and restores
   the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
+  # A URL workdir needs its filesystem (and orbax's support for it) before any work.
+  checkpoint_lib.check_storage(workdir)
+  writer = outputs.RunDir(outputs.workdir_path(workdir))
   # Fills in the normalisation and checks the config against the data, before any work.
   config, dataset = preflight.load_for_run(config)
   compilation_cache.enable()
-  writer = outputs.RunDir(workdir)
   changes = resume.check_resumable(writer, config)
   if config.mode == "train" and writer.path.exists():
     writer.lock()
