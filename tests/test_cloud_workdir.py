@@ -83,7 +83,8 @@ class UrlRun:
 
 @pytest.fixture(scope="module")
 def url_run(data_dir, tmp_path_factory):
-  """A run on a URL, stopped by SIGTERM at step 12 and resumed, as a sweep's one job."""
+  """A run on a URL, stopped by SIGTERM at step 12 and resumed, as a sweep's one job;
+  with asynchronous saves, as on an accelerator with a bucket."""
   root, cwd = tmp_path_factory.mktemp("bucket"), tmp_path_factory.mktemp("cwd")
   sweep_url = url_filesystem.url(root / "sweep")
   run_url = f"{sweep_url}/base/seed_0"
@@ -92,8 +93,8 @@ def url_run(data_dir, tmp_path_factory):
   os.chdir(cwd)
   try:
     with pytest.raises(errors.Interrupted, match=f"checkpoint in {run_url}/checkpoints/12"):
-      loop.run_training(tiny_config(data_dir), run_url, stop)
-    _, summary = loop.run_training(tiny_config(data_dir), run_url)
+      loop.run_training(tiny_config(data_dir, async_checkpoints="on"), run_url, stop)
+    _, summary = loop.run_training(tiny_config(data_dir, async_checkpoints="on"), run_url)
   finally:
     os.chdir(before)
   return UrlRun(sweep_url, run_url, root / "sweep" / "base" / "seed_0", cwd, summary)
@@ -117,7 +118,7 @@ def test_a_run_on_a_url_writes_through_epath_and_resumes_exactly(url_run, data_d
       url_run.folder / "checkpoints")
   params = saved.read_arrays(24)["params"]
   saved.close()
-  # Bitwise the run that never stopped, on a local disk.
+  # Bitwise the run that never stopped, on a local disk, with synchronous saves.
   local = tmp_path / "run"
   state, summary = loop.run_training(tiny_config(data_dir), local)
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):

@@ -89,6 +89,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str,
 def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) -> dict:
   config, tp = run.config, run.train_progress
   steps = int(run.state.step)
+  run.checkpoints.wait()   # the final checkpoint is complete before summary.json says so
   if _restore_best(run):
     run.progress.log(f"restored the best checkpoint: step {tp.best['step']}, "
                      f"{tp.best['metric']} {tp.best['value']:.4f}")
@@ -192,7 +193,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
     writer.lock()   # creates the workdir
   checkpoints = checkpoint_lib.Checkpoints(
       writer.checkpoint_dir, config.keep_checkpoints, read_only=not training,
-      temporary_path_class=hooks.checkpoint_temporary_path)
+      temporary_path_class=hooks.checkpoint_temporary_path,
+      async_saves=checkpoint_lib.async_saves(config.async_checkpoints,
+                                             mesh.devices.flat[0].platform))
   tuning = tuning_lib.for_mesh(mesh, config)
   state = jax.device_put(create_train_state(model, tx, tuning.model_fn),
                          sharding.replicated(mesh))

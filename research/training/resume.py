@@ -20,7 +20,7 @@ RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "steps_per_call", "progres
                      "checkpoint_every_steps", "checkpoint_every_epochs",
                      "keep_checkpoints", "mode", "data_dir", "data_source", "num_devices",
                      "early_stopping_patience", "restore_best", "eval_train",
-                     "eval_train_size")
+                     "eval_train_size", "async_checkpoints")
 
 
 @dataclasses.dataclass
