@@ -254,8 +254,14 @@ def _absolute(path: epath.Path) -> epath.Path:
 
 
 def _make_dir(path: epath.Path) -> None:
+  """Creates the checkpoint directory. An object store (gcsfs) has no empty folders, so
+  there it also gets a file: a run stopped before its first checkpoint then still shows
+  one, and is not taken for an old run's results (`RunDir.refuse_results_without_checkpoints`)."""
   try:
     path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+      (path / "README.txt").write_text("Orbax checkpoints of this run, a folder per step "
+                                       "(docs/checkpoints.md).\n")
   except OSError as e:
     raise errors.CheckpointError(f"Cannot create checkpoint directory {path}: "
                                  f"{e.strerror or e}") from e

@@ -128,6 +128,24 @@ def test_a_run_on_a_url_writes_through_epath_and_resumes_exactly(url_run, data_d
   assert url_run.summary["test_accuracy"] == summary["test_accuracy"]
 
 
+def test_a_run_that_crashed_before_its_first_checkpoint_starts_over(data_dir, tmp_path,
+                                                                    monkeypatch):
+  """It logged step 3, then died (a crash, not a signal) before the checkpoint of step
+  5: on an object store its empty checkpoints/ folder does not exist, yet the run is
+  still recognised as one that can start again, not refused as an old run's results."""
+  monkeypatch.chdir(tmp_path)
+  run_url = url_filesystem.url(tmp_path / "bucket" / "run")
+
+  def crash(state):
+    raise RuntimeError("crash at step 4")
+
+  with pytest.raises(RuntimeError, match="crash at step 4"):
+    loop.run_training(tiny_config(data_dir), run_url, loop.Hooks(at_step={4: crash}))
+  assert (tmp_path / "bucket" / "run" / "metrics.jsonl").exists()
+  _, summary = loop.run_training(tiny_config(data_dir), run_url)
+  assert summary["steps"] == 24 and summary["resumed_from_step"] is None
+
+
 def test_a_sweep_directory_at_a_url(url_run, data_dir):
   """Planned, listed and aggregated through epath; running its jobs from here (their logs
   are local files) is refused."""

@@ -5,7 +5,8 @@ network. Importing this module registers the scheme with epath.
 - `str()` and `os.fspath()` give the URL, so code that goes around epath (pathlib,
   `open()`, `os.replace`, `fcntl`) fails, or leaves a local `localurl:` folder behind,
   which the tests look for.
-- Appending is refused, as on object stores (gcsfs would silently overwrite).
+- As on object stores: appending is refused (gcsfs would silently overwrite), and a
+  folder exists only while it holds something (gcsfs makes no empty folders).
 - `as_posix()` gives the local folder: orbax hands it to TensorStore, as it hands a gs://
   path to TensorStore's GCS driver.
 """
@@ -41,6 +42,22 @@ class _Backend(backend_lib._OsPathBackend):  # pylint: disable=protected-access
       raise OSError(f"{path}: an object store cannot append (mode {mode!r})")
     return super().open(_local(path), mode)
 
+  def exists(self, path):
+    local = _local(path)
+    return os.path.isfile(local) or self.isdir(local)
+
+  def isdir(self, path):
+    local = _local(path)
+    return os.path.isdir(local) and bool(os.listdir(local))
+
+  def mkdir(self, path, *, exist_ok=False, mode=None):
+    self.makedirs(path, exist_ok=exist_ok)
+
+  def makedirs(self, path, *, exist_ok=False, mode=None):
+    if self.exists(path) and not exist_ok:
+      raise FileExistsError(path)
+    os.makedirs(_local(path), exist_ok=True)   # where the objects below it will go
+
   def glob(self, path):
     return [url(p) for p in super().glob(_local(path))]
 
@@ -56,8 +73,7 @@ def _translating(name):
   return method
 
 
-for _name in ("exists", "isdir", "listdir", "makedirs", "mkdir", "rmtree", "remove",
-              "rename", "replace", "copy", "stat"):
+for _name in ("listdir", "rmtree", "remove", "rename", "replace", "copy", "stat"):
   setattr(_Backend, _name, _translating(_name))
 
 _BACKEND = _Backend()
