@@ -202,7 +202,7 @@ class Checkpoints:
 
   def _quarantine(self, step: int) -> epath.Path:
     target = self.directory.with_name(self.directory.name + ".unreadable") / str(step)
-    target.parent.mkdir(exist_ok=True)
+    _make_dir(target.parent)
     suffix = 0
     while target.exists():
       suffix += 1
@@ -254,9 +254,10 @@ def _absolute(path: epath.Path) -> epath.Path:
 
 
 def _make_dir(path: epath.Path) -> None:
-  """Creates the checkpoint directory. An object store (gcsfs) has no empty folders, so
+  """Creates a checkpoint directory. An object store (gcsfs) has no empty folders, so
   there it also gets a file: a run stopped before its first checkpoint then still shows
-  one, and is not taken for an old run's results (`RunDir.refuse_results_without_checkpoints`)."""
+  one, and is not taken for an old run's results
+  (`RunDir.refuse_results_without_checkpoints`); a checkpoint can be moved into it."""
   try:
     path.mkdir(parents=True, exist_ok=True)
     if not path.is_dir():

@@ -146,6 +146,21 @@ def test_a_run_that_crashed_before_its_first_checkpoint_starts_over(data_dir, tm
   assert summary["steps"] == 24 and summary["resumed_from_step"] is None
 
 
+def test_an_unreadable_checkpoint_at_a_url_is_moved_aside(data_dir, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  folder = tmp_path / "bucket" / "run"
+  config = tiny_config(data_dir, num_epochs=1, best_metric="")   # checkpoints 5 and 8
+  loop.run_training(config, url_filesystem.url(folder))
+  for f in (folder / "checkpoints" / "8" / "state").rglob("*"):   # truncate every file
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+  _, summary = loop.run_training(tiny_config(data_dir, num_epochs=2, best_metric=""),
+                                 url_filesystem.url(folder))
+  assert summary["resumed_from_step"] == 5 and summary["steps"] == 16
+  assert (folder / "checkpoints.unreadable" / "8" / "state").is_dir()   # moved, not lost
+  assert os.listdir(tmp_path) == ["bucket"]
+
+
 def test_a_sweep_directory_at_a_url(url_run, data_dir):
   """Planned, listed and aggregated through epath; running its jobs from here (their logs
   are local files) is refused."""

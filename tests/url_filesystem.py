@@ -5,8 +5,9 @@ network. Importing this module registers the scheme with epath.
 - `str()` and `os.fspath()` give the URL, so code that goes around epath (pathlib,
   `open()`, `os.replace`, `fcntl`) fails, or leaves a local `localurl:` folder behind,
   which the tests look for.
-- As on object stores: appending is refused (gcsfs would silently overwrite), and a
-  folder exists only while it holds something (gcsfs makes no empty folders).
+- As on object stores through gcsfs (etils.epath's fsspec backend): appending is refused
+  (gcsfs would silently overwrite), a folder exists only while it holds something, and
+  a rename needs its target's folder to exist.
 - `as_posix()` gives the local folder: orbax hands it to TensorStore, as it hands a gs://
   path to TensorStore's GCS driver.
 """
@@ -58,6 +59,18 @@ class _Backend(backend_lib._OsPathBackend):  # pylint: disable=protected-access
       raise FileExistsError(path)
     os.makedirs(_local(path), exist_ok=True)   # where the objects below it will go
 
+  def rename(self, path, dst):
+    self._check_folder(dst)
+    super().rename(_local(path), _local(dst))
+
+  def replace(self, path, dst):
+    self._check_folder(dst)
+    super().replace(_local(path), _local(dst))
+
+  def _check_folder(self, dst):
+    if not self.exists(os.path.dirname(_local(dst))):
+      raise FileNotFoundError(f"folder of {dst} does not exist")
+
   def glob(self, path):
     return [url(p) for p in super().glob(_local(path))]
 
@@ -73,7 +86,7 @@ def _translating(name):
   return method
 
 
-for _name in ("listdir", "rmtree", "remove", "rename", "replace", "copy", "stat"):
+for _name in ("listdir", "rmtree", "remove", "copy", "stat"):
   setattr(_Backend, _name, _translating(_name))
 
 _BACKEND = _Backend()
