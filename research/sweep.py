@@ -271,7 +271,7 @@ def _launch(job: Job, log) -> subprocess.Popen:
   job.workdir.mkdir(parents=True, exist_ok=True)
   state = status(job)
   log(f"{'resuming' if state == 'partial' else 'starting'} {job.name} (log: {job.log_path})")
-  with open(job.log_path, "a") as out:
+  with open(os.fspath(job.log_path), "a") as out:   # local: check_can_execute
     out.write(f"$ {shlex.join(job.argv)}\n")
     out.flush()
     return subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT,
