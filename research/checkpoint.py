@@ -10,27 +10,82 @@ A checkpoint is an orbax step directory `WORKDIR/checkpoints/<step>/` with two i
 The data order and all randomness are functions of (seed, step), so the step inside the
 state is the position in the data; nothing else about the data is stored.
 
-Saves are synchronous: these models are small, a save takes a fraction of a second, and a
-synchronous save means that an error (read-only or full disk) surfaces at the step that
-caused it. Orbax writes each step into a temporary directory and renames it when complete,
-so a crash during a save leaves the earlier checkpoints as they were; a checkpoint that
-fails to restore is skipped with a warning and the one before it is used.
+Saves are asynchronous on accelerators (`async_checkpoints=auto`): orbax copies the state
+to the host, returns, and writes in a background thread while training goes on. On a CPU
+they are synchronous: a save of these models takes a fraction of a second, a background
+writer would compete with training for the same cores, and an error (read-only or full
+disk) surfaces at the step that caused it. An asynchronous save is waited for before the
+next save, before any restore or listing of the checkpoints, before the final evaluation
+and summary.json, and at `close` (which every run reaches, an interrupted one included);
+a storage error surfaces at that wait with the same message, naming the step of the save
+that failed.
+
+Orbax makes each save atomic in its default way for the filesystem: a temporary directory
+renamed when complete on a local disk, a commit file written last on GCS. A crash during
+a save leaves the earlier checkpoints as they were; a checkpoint that fails to restore is
+skipped with a warning and the one before it is used.
+
+The directory is a local path or a URL, through `etils.epath`. Orbax writes the arrays
+with TensorStore, which it points at gs:// or at a local path (`as_posix()`), so other
+schemes are refused before any work (`check_storage`).
 """
 
+import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
-import pathlib
 import signal
 import sys
 import threading
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from research import errors
+from research import outputs
+
+
+def async_saves(setting: str, platform: str) -> bool:
+  """config.async_checkpoints on `platform`: auto is on for accelerators, off on CPU."""
+  return setting == "on" or (setting == "auto" and platform != "cpu")
+
+
+def check_storage(workdir: str | os.PathLike) -> None:
+  """Refuses, before any work, a URL workdir that orbax cannot write checkpoints to, and
+  a gs:// one without google-cloud-storage (orbax deletes old checkpoints on GCS with
+  it). A scheme that etils.epath does not know is left to `outputs.workdir_path`."""
+  if not outputs.is_url(workdir):
+    return
+  scheme = os.fspath(workdir).split("://", 1)[0]
+  if scheme == "gs":
+    if not _installed("google.cloud.storage"):
+      raise errors.WorkdirError(
+          f"Cannot write checkpoints to {workdir}: orbax needs google-cloud-storage on "
+          f"gs://. Run `pip install {outputs.INSTALL['gs']}`, then the same command "
+          "again; nothing was written.")
+  elif not _has_local_name(workdir):
+    raise errors.WorkdirError(
+        f"Cannot write checkpoints to {workdir}: orbax stores them on gs:// or on a "
+        f"local (or mounted) path, not on {scheme}://. Use one of those as the workdir.")
+
+
+def _has_local_name(url: str | os.PathLike) -> bool:
+  """Whether epath's path class for `url` gives TensorStore a local name (`as_posix`)."""
+  try:
+    return os.path.isabs(epath.Path(url).as_posix())
+  except KeyError:  # no filesystem for the scheme at all
+    return True
+
+
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:   # a parent package is missing
+    return False
 
 
 @dataclasses.dataclass
@@ -60,15 +115,17 @@ class Checkpoints:
 
   Saves are atomic in orbax's default way for the filesystem of `directory` (a rename of
   a complete temporary directory on a local disk, a commit file on GCS), unless
-  `temporary_path_class` names another orbax `TemporaryPath` class to save through."""
+  `temporary_path_class` names another orbax `TemporaryPath` class to save through. With
+  `async_saves`, `save` returns once the state is on the host (see the module)."""
 
   def __init__(self, directory: str | os.PathLike, keep: int = 3,
                best_step: int | None = None, read_only: bool = False,
-               temporary_path_class: type | None = None):
-    self.directory = pathlib.Path(directory).absolute()
+               temporary_path_class: type | None = None, async_saves: bool = False):
+    self.directory = _absolute(epath.Path(directory))
     self._policy = _KeepLatestAndBest(keep=max(keep, 1), best_step=best_step)
+    self._pending: int | None = None    # the step of a save not yet waited for
     options = ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=False, create=False, read_only=read_only,
+        enable_async_checkpointing=async_saves, create=False, read_only=read_only,
         cleanup_tmp_directories=not read_only, preservation_policy=self._policy,
         temporary_path_class=temporary_path_class)   # None: orbax's default
     if not read_only:
@@ -76,20 +133,38 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
+    """The complete checkpoints, once a save in progress has finished."""
+    self.wait()
     return sorted(self._manager.all_steps())
 
-  def path(self, step: int) -> pathlib.Path:
+  def path(self, step: int) -> epath.Path:
     return self.directory / str(step)
 
   def set_best_step(self, step: int | None) -> None:
     self._policy.best_step = step
 
   def save(self, state, progress: dict) -> None:
+    self.wait()
     step = int(state.step)
-    try:
+    with self._storage_errors(step):
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(_state_items(state)),
           progress=ocp.args.JsonSave(progress)), force=True)
+    self._pending = step
+
+  def wait(self) -> None:
+    """Blocks until the last save is complete; an asynchronous save's storage error
+    surfaces here, as a CheckpointError naming its step."""
+    step, self._pending = self._pending, None
+    if step is not None:
+      with self._storage_errors(step):
+        self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _storage_errors(self, step: int):
+    """Turns a storage error of the save of `step` into a CheckpointError."""
+    try:
+      yield
     except Exception as e:  # pylint: disable=broad-except
       if not _is_storage_error(e):
         raise
@@ -103,6 +178,7 @@ class Checkpoints:
 
   def restore(self, step: int, state) -> tuple[Any, dict]:
     """Step `step` onto the structure and shardings of `state`; returns (state, progress)."""
+    self.wait()
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(_state_items(state))),
         progress=ocp.args.JsonRestore()))
@@ -124,26 +200,31 @@ class Checkpoints:
               file=sys.stderr, flush=True)
     return None
 
-  def _quarantine(self, step: int) -> pathlib.Path:
+  def _quarantine(self, step: int) -> epath.Path:
     target = self.directory.with_name(self.directory.name + ".unreadable") / str(step)
-    target.parent.mkdir(exist_ok=True)
+    _make_dir(target.parent)
     suffix = 0
     while target.exists():
       suffix += 1
       target = target.with_name(f"{step}.{suffix}")
-    os.replace(self.path(step), target)
+    self.path(step).rename(target)
     self._manager.reload()
     return target
 
   def read_arrays(self, step: int) -> dict:
     """The saved train state of `step` as host arrays, for inspection and tests."""
+    self.wait()
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(fallback_sharding=device)))
     return jax.tree.map(np.asarray, restored["state"])
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for the last save (raising its storage error), then closes orbax."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
 
 # TensorStore reports I/O failures as ValueErrors that carry an absl status code.
@@ -167,9 +248,21 @@ def _storage_reason(e: Exception) -> str:
   return text.splitlines()[0][:300]
 
 
-def _make_dir(path: pathlib.Path) -> None:
+def _absolute(path: epath.Path) -> epath.Path:
+  """Orbax needs an absolute path; a URL already is one, and stays a URL."""
+  return path if outputs.is_url(path) else epath.Path(os.path.abspath(path))
+
+
+def _make_dir(path: epath.Path) -> None:
+  """Creates a checkpoint directory. An object store (gcsfs) has no empty folders, so
+  there it also gets a file: a run stopped before its first checkpoint then still shows
+  one, and is not taken for an old run's results
+  (`RunDir.refuse_results_without_checkpoints`); a checkpoint can be moved into it."""
   try:
     path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+      (path / "README.txt").write_text("Orbax checkpoints of this run, a folder per step "
+                                       "(docs/checkpoints.md).\n")
   except OSError as e:
     raise errors.CheckpointError(f"Cannot create checkpoint directory {path}: "
                                  f"{e.strerror or e}") from e

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from research import data as data_lib
 from research import errors
+from research import outputs
 from research import runtime
 from research import sweep as sweep_lib
 from research import sweep_results
@@ -143,8 +144,11 @@ def _run_sweep(experiment: str, module, config_arg: str) -> int:
   else:
     sweep = sweep_lib.Sweep([sweep_lib.Point({})], title=experiment)
   num_seeds = FLAGS.seeds or sweep.seeds
-  sweep_dir = pathlib.Path(FLAGS.workdir or pathlib.Path("runs") / experiment /
-                           f"sweep-{variant or 'default'}")
+  sweep_dir = FLAGS.workdir or str(pathlib.Path("runs") / experiment /
+                                   f"sweep-{variant or 'default'}")
+  if not (FLAGS["print-commands"].value or FLAGS["aggregate-only"].value):
+    sweep_lib.check_can_execute(sweep_dir)
+  sweep_dir = outputs.workdir_path(sweep_dir)   # each run checks orbax's needs itself
   jobs = sweep_lib.plan(sweep, FLAGS.config, sweep_dir, num_seeds, _this_command(),
                         config_arg, config_flags.get_override_values(FLAGS["config"]))
   if not FLAGS["aggregate-only"].value:

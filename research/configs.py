@@ -20,6 +20,7 @@ from research.models import accepts
 DATA_SOURCES = ("auto", "local", "tfds")
 BATCH_NORM = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+ASYNC_CHECKPOINTS = ("auto", "on", "off")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -121,6 +122,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.best_mode = "auto"            # max | min | auto (max for accuracy, min for loss)
   c.early_stopping_patience = 0   # stop after this many evaluations without a new best
   c.restore_best = False          # report (summary.json, mode=eval) the best checkpoint
+  # auto: saves are asynchronous on GPU and TPU (training goes on while orbax writes),
+  # synchronous on CPU, where a storage error surfaces at the step that caused it.
+  c.async_checkpoints = "auto"    # auto | on | off
   return c
 
 
@@ -177,6 +181,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "early_stopping_patience"):
     _check_positive(config, key, allow_zero=True)
   _check_positive(config, "keep_checkpoints")
+  _check_choice(config, "async_checkpoints", ASYNC_CHECKPOINTS)
   _check_best_metric(config)
   normalization.validate(config)
 

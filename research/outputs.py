@@ -1,4 +1,9 @@
-"""What a run leaves in its workdir: config.json, metrics.jsonl and summary.json."""
+"""What a run leaves in its workdir: config.json, metrics.jsonl and summary.json.
+
+A workdir is a local path or a URL (`gs://bucket/dir`, or any scheme that `etils.epath`
+serves). Every read and write goes through `epath`, so a URL is never turned into a local
+path; `workdir_path` checks, before any work, that the URL's filesystem is installed.
+"""
 
 import fcntl
 import json
@@ -7,30 +12,87 @@ import pathlib
 import platform
 import subprocess
 
+from etils import epath
 import ml_collections
 
 from research import errors
 
 RESULT_FILES = ("summary.json", "metrics.jsonl")
 
+# What a workdir on each URL scheme that etils.epath serves needs: epath reads them
+# through fsspec's filesystems (gs:// through tensorflow's gfile instead when tensorflow
+# is installed); orbax also needs google-cloud-storage on gs:// (research/checkpoint.py).
+INSTALL = {"gs": "gcsfs google-cloud-storage", "s3": "s3fs", "az": "adlfs",
+           "hf": "huggingface_hub"}
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  """Readers never see a half-written file, and a crash keeps the previous version."""
+
+def is_url(path: str | os.PathLike) -> bool:
+  return "://" in os.fspath(path)
+
+
+def _scheme(path: str | os.PathLike) -> str:
+  return os.fspath(path).split("://", 1)[0]
+
+
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+  """`workdir` as an `epath.Path`, once its filesystem is known to be usable here. A URL
+  whose filesystem is not installed (or not reachable) stops the run before any work,
+  saying what to install; nothing is written."""
+  try:
+    path = epath.Path(workdir)
+  except KeyError:
+    raise errors.WorkdirError(
+        f"Cannot use workdir {workdir}: etils.epath has no filesystem for "
+        f"{_scheme(workdir)}:// (it serves {', '.join(s + '://' for s in INSTALL)}). "
+        "Use one of those or a local path; nothing was written.") from None
+  if is_url(path):
+    _check_filesystem(path)
+  return path
+
+
+def _check_filesystem(path: epath.Path) -> None:
+  scheme = _scheme(path)
+  try:
+    path.exists()
+  except ImportError as e:
+    todo = (f"Run `pip install {INSTALL[scheme]}` (what a {scheme}:// workdir needs)"
+            if scheme in INSTALL else "Install what it names")
+    raise errors.WorkdirError(f"Cannot use workdir {path}: {e}. {todo}, then the same "
+                              "command again; nothing was written.") from None
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).splitlines() or [""])[0][:300]
+    raise errors.WorkdirError(
+        f"Cannot reach workdir {path}: {type(e).__name__}: {reason}. Check the URL and "
+        "your credentials; nothing was written.") from e
+
+
+def _write_atomic(path: epath.Path, text: str) -> None:
+  """Readers never see a half-written file, and a crash keeps the previous version: a
+  rename on a local disk; on an object store, the copy that replaces the object is
+  whole or absent."""
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 class RunDir:
-  """The files of one workdir. With `writes=False` (the processes other than 0 of a
-  multi-process run) it reads them but never writes, creates or locks anything."""
+  """The files of one run in its workdir, a local path or a URL.
+
+  On a URL there is no `flock`: two runs must never share a cloud workdir (they would
+  overwrite each other's checkpoints and metrics), and nothing stops them. With
+  `writes=False` (the processes other than 0 of a multi-process run) it reads the files
+  but never writes, creates or locks anything."""
 
   def __init__(self, workdir: str | os.PathLike, writes: bool = True):
-    self.path = pathlib.Path(workdir)
+    self.path = epath.Path(workdir)
     self.writes = writes
 
   @property
-  def checkpoint_dir(self) -> pathlib.Path:
+  def is_url(self) -> bool:
+    return is_url(self.path)
+
+  @property
+  def checkpoint_dir(self) -> epath.Path:
     return self.path / "checkpoints"
 
   def refuse_results_without_checkpoints(self) -> None:
@@ -47,13 +109,16 @@ class RunDir:
   def lock(self) -> None:
     """Holds an exclusive lock on WORKDIR/run.lock until `unlock` or the process ends.
 
-    flock locks die with their process, so a lock left by a killed run never blocks."""
+    flock locks die with their process, so a lock left by a killed run never blocks. A
+    URL workdir is only created: object stores have no such lock (see the class)."""
     if getattr(self, "_lock_file", None) or not self.writes:
       return
     self.create()
+    if self.is_url:
+      return
     path = self.path / "run.lock"
     try:
-      f = open(path, "a+")
+      f = open(os.fspath(path), "a+")
     except OSError as e:
       raise errors.WorkdirError(f"Cannot open lock file {path}: {e.strerror}") from e
     try:
@@ -120,10 +185,16 @@ class RunDir:
       _write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
   def log_metrics(self, record: dict) -> None:
+    """Appends a line; on a URL, rewrites the (small) file, as object stores cannot
+    append (gcsfs would silently overwrite)."""
     if not self.writes:
       return
-    with open(self.path / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(record) + "\n")
+    path, line = self.path / "metrics.jsonl", json.dumps(record) + "\n"
+    if not self.is_url:
+      with path.open("a") as f:
+        f.write(line)
+      return
+    _write_atomic(path, (path.read_text() if path.exists() else "") + line)
 
   def write_summary(self, summary: dict) -> None:
     if self.writes:

@@ -1,11 +1,16 @@
-"""Plots of a run, written beside its metrics: people would rather look than read."""
+"""Plots of a run, written beside its metrics: people would rather look than read.
+
+Workdirs may be URLs (research/outputs.py), so files are read and written through
+`etils.epath`."""
 
 import json
-import pathlib
+import os
+
+from etils import epath
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-  path = pathlib.Path(workdir) / "metrics.jsonl"
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  path = epath.Path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -17,7 +22,13 @@ def pyplot():
   return plt
 
 
-def plot_learning_curves(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path:
+def save_png(fig, path: str | os.PathLike) -> None:
+  """Through a file object: matplotlib would take a URL for a local file name."""
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+
+
+def plot_learning_curves(workdir: str | os.PathLike, title: str = "") -> epath.Path:
   """curves.png: loss and accuracy against epochs, one line per split."""
   plt = pyplot()
   records = read_metrics(workdir)
@@ -45,7 +56,7 @@ def plot_learning_curves(workdir: str | pathlib.Path, title: str = "") -> pathli
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  out = pathlib.Path(workdir) / "curves.png"
-  fig.savefig(out, dpi=100)
+  out = epath.Path(workdir) / "curves.png"
+  save_png(fig, out)
   plt.close(fig)
   return out

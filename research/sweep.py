@@ -13,6 +13,10 @@ line of the same experiment, in its own workdir DIR/POINT/seed_N, so that
 On a host with GPUs, `--parallel N` gives each run one GPU of its own
 (CUDA_VISIBLE_DEVICES) and runs at most as many at once as there are GPUs; on a TPU host
 the runs go one at a time, each over every chip (`job_slots`).
+
+The sweep directory may be a URL (gs://...): planning, `--print-commands` and
+`--aggregate-only` read and write it through `etils.epath`. Running the jobs from here
+needs a local one (`check_can_execute`): each job's output goes to a local log file.
 """
 
 from collections.abc import Mapping, Sequence
@@ -22,7 +26,6 @@ import importlib.util
 import itertools
 import json
 import os
-import pathlib
 import re
 import shlex
 import signal
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import time
 
+from etils import epath
 import ml_collections
 
 from research import configs
@@ -121,7 +125,7 @@ class Job:
   """One run of the sweep: a point at one seed."""
   point: Point
   seed: int
-  workdir: pathlib.Path
+  workdir: epath.Path
   config: ml_collections.ConfigDict
   argv: list[str]
 
@@ -130,19 +134,19 @@ class Job:
     return f"{self.point.label}/seed_{self.seed}"
 
   @property
-  def log_path(self) -> pathlib.Path:
+  def log_path(self) -> epath.Path:
     return self.workdir / "output.log"
 
   def summary(self) -> dict | None:
     return outputs.RunDir(self.workdir).read_summary()
 
 
-def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | pathlib.Path,
+def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | os.PathLike,
          num_seeds: int, command: Sequence[str], config_arg: str,
          user_overrides: Mapping) -> list[Job]:
   """Every (point, seed) with its config and command line. Raises ConfigError, naming
   the point and key, for an override that the config does not have or rejects."""
-  sweep_dir = pathlib.Path(sweep_dir)
+  sweep_dir = epath.Path(sweep_dir)
   jobs = []
   for point in sweep.points:
     for i in range(num_seeds):
@@ -181,6 +185,18 @@ def check_existing(jobs: Sequence[Job]) -> None:
     raise errors.WorkdirError(
         "the sweep directory holds runs of a different config:\n  " + "\n  ".join(clashes)
         + "\nUse a new --workdir for the changed sweep; nothing was changed.")
+
+
+def check_can_execute(sweep_dir: str | os.PathLike) -> None:
+  """Running the jobs from here writes their output to DIR/POINT/seed_N/output.log, a
+  local file that a process writes into: a URL sweep directory is refused, before any
+  work, with what to do instead."""
+  if outputs.is_url(sweep_dir):
+    raise errors.WorkdirError(
+        f"A sweep runs its jobs here with their logs in local files, so {sweep_dir} "
+        "cannot be its directory. Pass --print-commands to get one command line per run "
+        "(each writes to its own workdir under the URL), run them anywhere, then gather "
+        "the results with --aggregate-only; or give a local --workdir.")
 
 
 def status(job: Job) -> str:
@@ -344,7 +360,7 @@ def _launch(job: Job, env: Mapping, log) -> subprocess.Popen:
   device = "".join(f" on {k}={v}" for k, v in env.items())
   log(f"{'resuming' if state == 'partial' else 'starting'} {job.name}{device} "
       f"(log: {job.log_path})")
-  with open(job.log_path, "a") as out:
+  with open(os.fspath(job.log_path), "a") as out:   # local: check_can_execute
     out.write(f"$ {shlex.join([*(f'{k}={v}' for k, v in env.items()), *job.argv])}\n")
     out.flush()
     return subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT,
@@ -361,5 +377,5 @@ def _report(job: Job, code: int, seconds: float, count: str, outcome: Outcome, l
             2: "failed: bad input or config"}.get(code, f"crashed with exit code {code}")
   outcome.failed.append(f"{job.name}: {reason}")
   outcome.interrupted |= code == errors.Interrupted.EXIT_CODE
-  tail = job.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+  tail = job.log_path.read_bytes().decode(errors="replace").strip().splitlines()[-3:]
   log(f"{job.name} {reason}; last lines of {job.log_path}:\n    " + "\n    ".join(tail))

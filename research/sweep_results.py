@@ -8,9 +8,10 @@
 import csv
 import json
 import math
-import pathlib
+import os
 from collections.abc import Sequence
 
+from etils import epath
 import numpy as np
 
 from research import plots
@@ -38,9 +39,9 @@ def rows(jobs: Sequence["sweep_lib.Job"]) -> list[dict]:
   return out
 
 
-def write_csv(table: list[dict], path: pathlib.Path) -> None:
+def write_csv(table: list[dict], path: epath.Path) -> None:
   columns = list(dict.fromkeys(k for row in table for k in row))
-  with open(path, "w", newline="") as f:
+  with epath.Path(path).open("w") as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
     writer.writerows(table)
@@ -68,7 +69,7 @@ def _cell(mean: float, std: float, scale: float, decimals: int) -> str:
 
 
 def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
-                   path: pathlib.Path) -> None:
+                   path: epath.Path) -> None:
   published = [k for k in ("train_accuracy", "test_accuracy")
                if any(k in s["point"].published for s in stats)]
   header = ["point", "seeds", *(t for t, _, _, _ in TABLE),
@@ -112,7 +113,7 @@ def _mean_curves(jobs: Sequence["sweep_lib.Job"], splits: Sequence[str]) -> dict
           for split, points in by_epoch.items()}
 
 
-def plot_learning_curves(sweep, jobs, path: pathlib.Path) -> None:
+def plot_learning_curves(sweep, jobs, path: epath.Path) -> None:
   """Train (left) and test (right) accuracy against epoch, one line per point."""
   plt = plots.pyplot()
   fig, (ax_train, ax_test) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -133,11 +134,11 @@ def plot_learning_curves(sweep, jobs, path: pathlib.Path) -> None:
   ax_test.legend(fontsize=7, loc="best")
   fig.suptitle(f"{sweep.title}: mean over seeds" if sweep.title else "mean over seeds")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  plots.save_png(fig, path)
   plt.close(fig)
 
 
-def plot_summary(sweep, stats: list[dict], key: str, path: pathlib.Path,
+def plot_summary(sweep, stats: list[dict], key: str, path: epath.Path,
                  ylabel: str, error: bool = False) -> None:
   """One metric per point with sample-std error bars: a curve against `sweep.x` if it
   is set (with the train metric beside the test one), else bars. Published figures,
@@ -181,14 +182,14 @@ def plot_summary(sweep, stats: list[dict], key: str, path: pathlib.Path,
   ax.legend(fontsize=8)
   ax.set_title(sweep.title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  plots.save_png(fig, path)
   plt.close(fig)
 
 
 def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
-              sweep_dir: str | pathlib.Path, num_seeds: int) -> list[pathlib.Path]:
+              sweep_dir: str | os.PathLike, num_seeds: int) -> list[epath.Path]:
   """Writes the results files of whatever has finished; returns their paths."""
-  sweep_dir = pathlib.Path(sweep_dir)
+  sweep_dir = epath.Path(sweep_dir)
   table = rows(jobs)
   stats = per_point(sweep, table)
   written = [sweep_dir / "results.csv", sweep_dir / "results.md"]
@@ -214,7 +215,7 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
 
 
 def write_plan(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
-               sweep_dir: str | pathlib.Path) -> None:
+               sweep_dir: str | os.PathLike) -> None:
   """sweep.json: the points, seeds and commands, saved beside the results."""
   plan = {"title": sweep.title, "x": sweep.x, "published_source": sweep.published_source,
           "points": [{"name": p.label, "overrides": {k: sweep_lib.format_value(v)
@@ -222,6 +223,6 @@ def write_plan(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
                       "published": dict(p.published)} for p in sweep.points],
           "runs": [{"point": j.point.label, "seed": j.seed, "workdir": str(j.workdir),
                     "command": j.argv} for j in jobs]}
-  path = pathlib.Path(sweep_dir) / "sweep.json"
+  path = epath.Path(sweep_dir) / "sweep.json"
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(plan, indent=2) + "\n")

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -25,6 +26,9 @@ ARGS = ["--config.train_subset=512", "--config.test_subset=256",
         "--config.best_metric=validation_accuracy", "--config.eval_batch_size=256"]
 TOTAL = 24
 TIMING = {"examples_per_s"}
+# Asynchronous saves, as on GPU and TPU, forced on the CPU. The reference run saves
+# synchronously, so the tests that use both also check that the mode changes nothing.
+ASYNC = "--config.async_checkpoints=on"
 
 
 def start(workdir, *extra, env=None, hooks=None, module="mnist_mlp"):
@@ -71,6 +75,12 @@ def assert_same_run(workdir, reference):
   assert sa["test_accuracy"] == sb["test_accuracy"] and sa["best"] == sb["best"]
 
 
+def test_saves_are_asynchronous_on_accelerators_only_by_default():
+  assert [checkpoint.async_saves("auto", p) for p in ("cpu", "gpu", "tpu")] == [
+      False, True, True]
+  assert checkpoint.async_saves("on", "cpu") and not checkpoint.async_saves("off", "gpu")
+
+
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
   os.environ["RESEARCH_DATA_DIR"] = str(data_dir)
@@ -94,30 +104,56 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path, kill_after, last_chec
   assert_same_run(workdir, reference)
 
 
-def test_sigkill_during_a_save_keeps_earlier_checkpoints(reference, tmp_path):
+# With asynchronous saves, a kill right after a step may land while the save before it
+# is still being written: the run resumes from that one if it was complete, else from the
+# one before, and ends the same.
+@pytest.mark.parametrize("kill_after,last_checkpoints", [(11, (10, 8)), (19, (16, 15))])
+def test_sigkill_with_async_saves_then_resume_is_exact(reference, tmp_path, kill_after,
+                                                       last_checkpoints):
   workdir = tmp_path / "run"
-  proc = start(workdir, hooks={hooked_run.SAVE_PAUSE: "60"})
+  code, out = run(workdir, ASYNC, hooks={hooked_run.SIGNAL_AT: f"{kill_after}:KILL"})
+  assert code == -signal.SIGKILL, out[-2000:]
+  code, out = run(workdir, ASYNC)
+  assert code == 0, out[-3000:]
+  assert int(out.split("resuming from checkpoint step ")[1].split()[0]) in last_checkpoints
+  assert_same_run(workdir, reference)
+
+
+@pytest.mark.parametrize("saves", ["sync", "async"])
+def test_sigkill_during_a_save_keeps_earlier_checkpoints(reference, tmp_path, saves):
+  workdir = tmp_path / "run"
+  extra = [ASYNC] if saves == "async" else []
+  proc = start(workdir, *extra, hooks={hooked_run.SAVE_PAUSE: "60"})
+  seen = {}
   for line in proc.stdout:      # the first save (step 5) pauses before its commit
     if "[test hook] save of 5 paused" in line:
+      seen["paused"] = time.monotonic()
+    if "epoch 0.75 train" in line:   # the log of step 6
+      seen["step 6"] = time.monotonic()
+    if "paused" in seen and (saves == "sync" or "step 6" in seen):
       break
+  if saves == "async":          # training went on while the save was being written
+    assert seen["step 6"] - seen["paused"] < 30, "step 6 waited for the save of step 5"
   proc.kill()
   proc.communicate(timeout=60)
   assert not (workdir / "checkpoints" / "5").exists()     # only its temporary directory
   assert any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
-  code, out = run(workdir)
+  code, out = run(workdir, *extra)
   assert code == 0, out[-3000:]
   assert "resuming" not in out          # nothing was complete: starts over, exactly
   assert_same_run(workdir, reference)
 
 
-def test_sigterm_saves_at_the_current_step_and_exits_3(reference, tmp_path):
+@pytest.mark.parametrize("saves", ["sync", "async"])
+def test_sigterm_saves_at_the_current_step_and_exits_3(reference, tmp_path, saves):
   workdir = tmp_path / "run"
-  code, out = run(workdir, hooks={hooked_run.SIGNAL_AT: "12:TERM"})
+  extra = [ASYNC] if saves == "async" else []
+  code, out = run(workdir, *extra, hooks={hooked_run.SIGNAL_AT: "12:TERM"})
   assert code == 3, out[-3000:]
   assert "SIGTERM" in out and f"stopped at step 12 of {TOTAL}" in out
-  assert (workdir / "checkpoints" / "12").is_dir()
+  assert (workdir / "checkpoints" / "12" / "commit_success.txt").is_file()
   assert not (workdir / "summary.json").exists()
-  code, out = run(workdir)
+  code, out = run(workdir, *extra)
   assert code == 0, out[-3000:]
   assert "resuming from checkpoint step 12 " in out
   assert_same_run(workdir, reference)
@@ -269,9 +305,13 @@ def small_disk(tmp_path):
   subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk_names_the_path_and_keeps_earlier_checkpoints(small_disk, data_dir):
+# An asynchronous save's error surfaces at the next wait (here the save of step 24), with
+# the same message, naming the step that failed.
+@pytest.mark.parametrize("saves", ["sync", "async"])
+def test_full_disk_names_the_path_and_keeps_earlier_checkpoints(small_disk, data_dir, saves):
   workdir = small_disk / "run"
-  code, out = run(workdir, "--config.checkpoint_every_steps=0")
+  extra = [ASYNC] if saves == "async" else []
+  code, out = run(workdir, "--config.checkpoint_every_steps=0", *extra)
   assert code == 2, out[-3000:]
   assert f"error: Cannot write checkpoint {workdir / 'checkpoints' / '16'}" in out, out[-3000:]
   assert "No space left on device" in out, out[-3000:]

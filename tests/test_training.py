@@ -180,6 +180,10 @@ def test_bad_config_values_name_the_key():
   c.cpu_convolutions = "onednn"
   with pytest.raises(ValueError, match="config.cpu_convolutions"):
     configs.validate(c)
+  c = configs.base_config()
+  c.async_checkpoints = "always"
+  with pytest.raises(ValueError, match="config.async_checkpoints"):
+    configs.validate(c)
 
 
 EIGHT_VS_ONE = """

@@ -90,6 +90,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str,
 def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) -> dict:
   config, tp = run.config, run.train_progress
   steps = int(run.state.step)
+  run.checkpoints.wait()   # the final checkpoint is complete before summary.json says so
   if _restore_best(run):
     run.progress.log(f"restored the best checkpoint: step {tp.best['step']}, "
                      f"{tp.best['metric']} {tp.best['value']:.4f}")
@@ -158,10 +159,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str,
   the latest good checkpoint. Fails before writing anything if the input is bad."""
   configs.validate(config)
   runtime.check_platform(config.platform)
+  # A URL workdir needs its filesystem (and orbax's support for it) before any work.
+  checkpoint_lib.check_storage(workdir)
+  writer = outputs.RunDir(outputs.workdir_path(workdir), writes=runtime.is_primary())
   # Fills in the normalisation and checks the config against the data, before any work.
   config, dataset = preflight.load_for_run(config)
   compilation_cache.enable()
-  writer = outputs.RunDir(workdir, writes=runtime.is_primary())
   changes = resume.check_resumable(writer, config)
   if config.mode == "train" and writer.path.exists():
     writer.lock()
@@ -193,7 +196,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
     writer.lock()   # creates the workdir
   checkpoints = checkpoint_lib.Checkpoints(
       writer.checkpoint_dir, config.keep_checkpoints, read_only=not training,
-      temporary_path_class=hooks.checkpoint_temporary_path)
+      temporary_path_class=hooks.checkpoint_temporary_path,
+      async_saves=checkpoint_lib.async_saves(config.async_checkpoints,
+                                             mesh.devices.flat[0].platform))
   tuning = tuning_lib.for_mesh(mesh, config)
   state = jax.device_put(create_train_state(model, tx, tuning.model_fn),
                          sharding.replicated(mesh))
