@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def shared_datasets_dir() -> pathlib.Path | None:
   for candidate in (os.environ.get("RESEARCH_DATA_DIR"), REPO.parent / "shared" / "datasets"):
     if candidate and (pathlib.Path(candidate) / "mnist-png.tar.xz").exists():
-      return pathlib.Path(candidate)
+      return pathlib.Path(candidate).resolve()
   return None
 
 
@@ -33,8 +33,8 @@ def data_dir() -> pathlib.Path:
 
 @pytest.fixture
 def tiny_folder(tmp_path, monkeypatch) -> pathlib.Path:
-  monkeypatch.setenv("RESEARCH_CACHE_DIR", str(tmp_path / "cache"))
   """A 3-class, 16x16 grayscale image-folder dataset: 36 train and 12 test PNGs."""
+  monkeypatch.setenv("RESEARCH_CACHE_DIR", str(tmp_path / "cache"))
   splits = {"train": synthetic_data.make_arrays(3, 12, (16, 16, 1), seed=0),
             "test": synthetic_data.make_arrays(3, 4, (16, 16, 1), seed=1)}
   return synthetic_data.write_image_tree(tmp_path / "tiny", splits, ["a", "b", "c"])
