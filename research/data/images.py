@@ -11,13 +11,20 @@ import os
 import pathlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from research.data.types import CorruptDataError, Decoded, Split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 SPLITS = ("train", "test")
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+CHANNELS = (1, 3)
+# Larger JPEGs are decoded at a reduced scale (libjpeg's 1/2, 1/4 or 1/8 DCT scaling,
+# PIL's `draft`) when a target size is set: a 48-megapixel phone photo then needs a few MB
+# instead of 144 MB, and the antialiased resize that follows sees the same content.
+DRAFT_ABOVE_PIXELS = 4096 * 4096
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_WHITE = (255, 255, 255, 255)
 
 
 def is_image_name(name: str) -> bool:
@@ -26,19 +33,61 @@ def is_image_name(name: str) -> bool:
   return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
-  """Bytes of a PNG/JPEG/BMP -> (H, W, C) uint8 with C=1 (grayscale) or 3 (colour)."""
+def decode_image(data: bytes, where: str, *, size: tuple[int, int] | None = None,
+                 channels: int | None = None) -> np.ndarray:
+  """Bytes of an image file -> (H, W, C) uint8, upright (EXIF orientation applied).
+
+  size: (height, width) to resize to with PIL's antialiased bilinear filter (what
+    torchvision's Resize does to PIL images), or None to keep the image's own size.
+  channels: 1 (luma) or 3 (RGB), or None for what the file holds (1 for grayscale and
+    16-bit, else 3). Transparent pixels are composited on white; 16-bit is scaled to 8.
+  Raises CorruptDataError naming `where` for anything PIL cannot decode.
+  """
   try:
     with Image.open(io.BytesIO(data)) as image:
+      if size is not None:
+        _draft_if_large(image, size)
       # load() forces the full decode so that a truncated file fails here, naming the file,
       # rather than later as an all-black image.
       image.load()
-      if image.mode not in ("L", "RGB"):
-        image = image.convert("L" if image.mode in _GRAY_MODES else "RGB")
+      image = ImageOps.exif_transpose(image)
+      image = _to_channels(image, channels)
+      if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
       pixels = np.asarray(image, dtype=np.uint8)
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad data
     raise CorruptDataError(f"cannot decode image {where}: {type(e).__name__}: {e}") from e
   return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def _draft_if_large(image: Image.Image, size: tuple[int, int]) -> None:
+  """Asks a large JPEG to decode at the smallest DCT scale that still covers `size` on
+  both sides (either orientation, since EXIF rotation comes after)."""
+  width, height = image.size
+  if image.format == "JPEG" and width * height > DRAFT_ABOVE_PIXELS:
+    side = max(size)
+    image.draft(None, (side, side))
+
+
+def _to_channels(image: Image.Image, channels: int | None) -> Image.Image:
+  """An 8-bit "L" or "RGB" image with the requested number of channels."""
+  gray = image.mode in _GRAY_MODES
+  if image.mode in _SIXTEEN_BIT_MODES:
+    # PIL's own conversion clips 16-bit values at 255; scale the full range instead.
+    wide = np.asarray(image, dtype=np.float64)
+    image = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L")
+  elif _has_alpha(image):
+    # The colour under a transparent pixel is whatever the encoder left (often black);
+    # compositing on white gives the image as a viewer shows it.
+    image = Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image.convert("RGBA"))
+  want = channels or (1 if gray else 3)
+  mode = "L" if want == 1 else "RGB"
+  return image if image.mode == mode else image.convert(mode)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+  return image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+      image.mode == "P" and "transparency" in image.info)
 
 
 class ImageCollector:
