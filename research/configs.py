@@ -14,11 +14,11 @@ from research import optim
 from research import preprocess
 from research import runtime
 from research import xla_cpu
+from research.data import images
 from research.models import MODELS
 from research.models import accepts
 
 DATA_SOURCES = ("auto", "local", "tfds")
-ON_BAD_IMAGE = ("error", "skip")
 BATCH_NORM = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ASYNC_CHECKPOINTS = ("auto", "on", "off")
@@ -198,8 +198,8 @@ def _check_images(config) -> None:
   if size and (len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size)):
     raise errors.ConfigError(f"config.image_size={size!r} must be (height, width), two "
                              "positive integers, or () to keep the stored size.")
-  _check_choice(config, "channels", (0, 1, 3))
-  _check_choice(config, "on_bad_image", ON_BAD_IMAGE)
+  _check_choice(config, "channels", (0, *images.CHANNELS))
+  _check_choice(config, "on_bad_image", images.ON_BAD_IMAGE)
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:

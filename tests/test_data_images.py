@@ -1,6 +1,7 @@
 """Images as people have them: mixed sizes and modes, EXIF rotation, bad files, huge JPEGs,
 in folders, tar and zip archives (research/data/images.py, archives.py, loader.py)."""
 
+import json
 import logging
 import pathlib
 import subprocess
@@ -280,3 +281,20 @@ def test_bad_image_config_names_the_key(key, value):
   config[key] = value
   with pytest.raises(errors.ConfigError, match=f"config.{key}"):
     configs.validate(config)
+
+
+# --- the benchmark -----------------------------------------------------------------------
+
+def test_image_folder_benchmark_smoke(tmp_path):
+  """benchmarks/image_folder_load.py at --smoke size: ours and the PIL loop that does what
+  torchvision's ImageFolder + Resize do load the same 24 photos to the same pixels."""
+  out = tmp_path / "load.json"
+  subprocess.run([sys.executable, "-m", "benchmarks.image_folder_load", "--smoke",
+                  "--peers=ours,pil", f"--json_out={out}"], cwd=REPO, check=True,
+                 capture_output=True, timeout=300)
+  result = json.loads(out.read_text())
+  ours, pil = result["results"]
+  assert ours["images"] == pil["images"] == 24 and ours["shape"] == [8, 8, 3]
+  assert pil["max_pixel_difference_to_ours"] == 0
+  assert ours["peak_mb"] >= ours["after_imports_mb"] > 0
+  assert result["ratios"]["pil"]["time"] > 0
