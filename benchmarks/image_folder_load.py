@@ -2,7 +2,7 @@
 `ImageFolder` with `Resize`, time and peak memory, in the same run.
 
     python -m benchmarks.image_folder_load [--images=10000] [--size=64]
-        [--peers=ours,torchvision,pil] [--root=DIR] [--json_out=PATH]
+        [--peers=ours,torchvision,pil] [--repeats=N] [--root=DIR] [--json_out=PATH]
     python -m benchmarks.image_folder_load --smoke     # 24 tiny images, seconds
 
 The photos are written first (seeded, into a temporary folder unless --root names one that
@@ -51,6 +51,8 @@ flags.DEFINE_integer("min_side", 200, "Smallest side of a photo, in pixels.")
 flags.DEFINE_integer("max_side", 1200, "Largest side of a photo, in pixels.")
 flags.DEFINE_list("peers", ["ours", "torchvision", "pil"],
                   "Loaders to run; torchvision is left out by default where not installed.")
+flags.DEFINE_integer("repeats", 1, "Runs of each loader, the order rotated each time; the "
+                     "table shows each loader's median run.")
 flags.DEFINE_string("root", "", "Folder for the photos; written if it holds none. Default: a "
                     "temporary folder, removed at the end.")
 flags.DEFINE_bool("smoke", False, "24 tiny images at size 8, no matmul peak: checks that "
@@ -106,12 +108,14 @@ def _peak_mb() -> float:
     return int(re.search(r"VmHWM:\s*(\d+) kB", f.read()).group(1)) / 1024
 
 
+# Each loader returns (load, pixels): load() does the timed work and returns what it holds;
+# pixels() turns that into one (N, S, S, 3) array, after the peak memory was read.
+
 def _load_ours(root: pathlib.Path, size: int):
   from research.data import load_dataset
   def load():
-    data = load_dataset("folder", str(root), image_size=(size, size), channels=3, cache=False)
-    return np.concatenate([data.train.images, data.test.images])
-  return load
+    return load_dataset("folder", str(root), image_size=(size, size), channels=3, cache=False)
+  return load, lambda data: np.concatenate([data.train.images, data.test.images])
 
 
 def _load_torchvision(root: pathlib.Path, size: int):
@@ -123,10 +127,9 @@ def _load_torchvision(root: pathlib.Path, size: int):
   from torchvision import datasets, transforms
   transform = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
   def load():
-    tensors = [image for split in ("train", "test")
-               for image, _ in datasets.ImageFolder(str(root / split), transform=transform)]
-    return torch.stack(tensors).permute(0, 2, 3, 1).numpy()  # NCHW -> NHWC, to compare
-  return load
+    return torch.stack([image for split in ("train", "test") for image, _ in
+                        datasets.ImageFolder(str(root / split), transform=transform)])
+  return load, lambda stacked: stacked.permute(0, 2, 3, 1).numpy()  # NCHW -> NHWC
 
 
 def _load_pil(root: pathlib.Path, size: int):
@@ -138,23 +141,24 @@ def _load_pil(root: pathlib.Path, size: int):
         images.append(np.asarray(image.convert("RGB").resize((size, size),
                                                             Image.Resampling.BILINEAR)))
     return np.stack(images)
-  return load
+  return load, lambda stacked: stacked
 
 
 LOADERS = {"ours": _load_ours, "torchvision": _load_torchvision, "pil": _load_pil}
 
 
 def run_child(name: str, root: pathlib.Path, size: int) -> dict:
-  load = LOADERS[name](root, size)
+  load, to_pixels = LOADERS[name](root, size)
   after_imports = _peak_mb()
   start = time.perf_counter()
-  pixels = load()
+  held = load()
   seconds = time.perf_counter() - start
+  peak = _peak_mb()
+  pixels = to_pixels(held)
   if FLAGS.pixels_out:
     np.save(FLAGS.pixels_out, pixels)
   return {"peer": name, "seconds": seconds, "images": len(pixels),
-          "shape": list(pixels.shape[1:]), "peak_mb": _peak_mb(),
-          "after_imports_mb": after_imports}
+          "shape": list(pixels.shape[1:]), "peak_mb": peak, "after_imports_mb": after_imports}
 
 
 def _spawn(name: str, root: pathlib.Path, size: int, pixels: pathlib.Path) -> dict:
@@ -179,6 +183,14 @@ def _peers() -> list[str]:
     return list(FLAGS.peers)
   print("torchvision is not installed: its peer is left out (pil does what it does)")
   return [p for p in FLAGS.peers if p != "torchvision"]
+
+
+def median_run(runs: list[dict]) -> dict:
+  """The run with the median time (the upper one of an even count), all times kept."""
+  done = sorted((r for r in runs if "error" not in r), key=lambda r: r["seconds"])
+  if not done:
+    return runs[-1]
+  return done[len(done) // 2] | {"all_seconds": [r["seconds"] for r in runs if "error" not in r]}
 
 
 def _compare_pixels(results: list[dict], folder: pathlib.Path) -> None:
@@ -244,14 +256,18 @@ def main(argv):
       write_photos(root, count, min_side, max_side)
       print(f"wrote {count:,} JPEGs to {root} in {time.perf_counter() - start:.0f} s",
             file=sys.stderr, flush=True)
-    results = []
-    for name in peers:
-      results.append(_spawn(name, root, size, scratch / f"{name}.npy"))
-      print(f"  {name}: {results[-1]}", file=sys.stderr, flush=True)
+    runs = {name: [] for name in peers}
+    for repeat in range(FLAGS.repeats):
+      for i in range(len(peers)):  # the order rotates with the repeat
+        name = peers[(i + repeat) % len(peers)]
+        runs[name].append(_spawn(name, root, size, scratch / f"{name}.npy"))
+        print(f"  {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+    results = [median_run(runs[name]) for name in peers]
     _compare_pixels(results, scratch)
   print()
   print(f"{count:,} JPEGs ({min_side}-{max_side} px sides, {GRAY_FRACTION:.0%} grayscale) "
-        f"loaded at {size}x{size}x3, one loader after another, each in its own process:")
+        f"loaded at {size}x{size}x3, one loader after another, each in its own process; "
+        f"the median of {FLAGS.repeats} run(s), the order rotated each time:")
   print()
   print(report(results))
   print()
@@ -259,7 +275,8 @@ def main(argv):
     if "error" in r:
       print(f"{r['peer']} failed: {r['error']}")
   for peer, r in ratios(results).items():
-    print(f"ours / {peer}: time {r['time']:.2f}x, loading's own memory {r['memory']:.2f}x")
+    print(f"ours / {peer}: time {r['time']:.2f}x, loading's own memory "
+          f"{r['memory']:.2f}x (below 1: ours takes less)")
   if FLAGS.json_out:
     common.write_json(FLAGS.json_out, {
         "benchmark": "image_folder_load", "machine": machine, "matmul_peak_gflops": peak,

@@ -130,8 +130,11 @@ def _load_local(fmt: formats.Format, name: str, use_cache: bool,
   class_names = _IDX_CLASS_NAMES.get(name)
   # The name is part of the key because IDX class names depend on it.
   key = _key(name, formats.fingerprint(fmt), options.key) if use_cache else None
-  decoded, description = _cached(
-      name, key, use_cache, lambda: _fitted(formats.read(fmt, class_names, options), options))
+
+  def decode():
+    decoded, description = formats.read(fmt, class_names, options)
+    return _fitted(decoded, options), description
+  decoded, description = _cached(name, key, use_cache, decode)
   return decoded, f"{fmt.path} ({description})"
 
 
@@ -139,15 +142,13 @@ def _key(*parts: str) -> str:
   return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _fitted(loaded: tuple[Decoded, str], options: images.ImageOptions) -> tuple[Decoded, str]:
+def _fitted(decoded: Decoded, options: images.ImageOptions) -> Decoded:
   """Resizes and converts what readers of whole arrays (IDX, CIFAR, tfds) produced, as the
   image readers do file by file (for those, a no-op)."""
-  decoded, description = loaded
   def fit(split):
     return dataclasses.replace(
         split, images=images.fit_images(split.images, options.size, options.channels))
-  return dataclasses.replace(decoded, train=fit(decoded.train), test=fit(decoded.test)), \
-      description
+  return dataclasses.replace(decoded, train=fit(decoded.train), test=fit(decoded.test))
 
 
 def _tfds_dir(name: str, explicit_dir: str | None, source: str) -> str | None:
@@ -165,7 +166,7 @@ def _load_tfds(name: str, data_dir: str | None, use_cache: bool,
   tfds_name = tfds_source.TFDS_NAMES.get(name, name)
   key = _key(opened.fingerprint, options.key) if opened.fingerprint else None
   decoded, _ = _cached(f"tfds-{name}", key, use_cache,
-                       lambda: _fitted((opened.read(), f"tfds:{tfds_name}"), options))
+                       lambda: (_fitted(opened.read(), options), f"tfds:{tfds_name}"))
   return decoded, f"tfds:{tfds_name}"
 
 
