@@ -1,5 +1,5 @@
-"""`load_dataset`: find the data (local files, then tensorflow-datasets), decode it once,
-cache it, and carve the validation split."""
+"""`load_dataset`: find the data (local files, then tensorflow-datasets, then a download of
+the original distribution), decode it once, cache it, and carve the validation split."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import sys
 import time
 
 from research.data import cache as cache_lib
-from research.data import formats, locate, mnist1d, splits, tfds_source
+from research.data import download, formats, locate, mnist1d, splits, tfds_source
 from research.data.idx import FASHION_MNIST_CLASSES
-from research.data.types import (DATA_DIR_ENV, DataError, DataNotFoundError, Dataset, Decoded)
+from research.data.types import (DATA_DIR_ENV, DOWNLOAD_MIRROR_ENV, DataError,
+                                 DataNotFoundError, Dataset, Decoded)
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "local", "tfds")
+SOURCES = ("auto", "local", "tfds", "download")
 KNOWN = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 # IDX files carry no class names; these are the published ones.
 _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
@@ -26,7 +27,7 @@ _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
 
 def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto",
                  validation_size: float | int = 0, split_seed: int = 0,
-                 cache: bool = True) -> Dataset:
+                 cache: bool = True, remote: download.Remote | None = None) -> Dataset:
   """Loads a whole dataset into memory as uint8 images (float32 for mnist1d) and int32
   labels.
 
@@ -36,10 +37,16 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     as a folder/archive in data_dir.
   data_dir: a folder holding datasets by name, or the dataset's own folder/archive;
     defaults to $RESEARCH_DATA_DIR.
-  source: "auto" (local files if found, else tensorflow-datasets), "local" or "tfds".
+  source: "auto" (local files if found, else an earlier download, else tensorflow-datasets,
+    else a download), "local", "tfds" or "download" (mnist, fashion_mnist, cifar10, cifar100
+    from their original distributions; research/data/download.py).
   validation_size: fraction in (0, 1) or count of train examples held out (stratified,
     seeded by split_seed); 0 for no validation split.
   cache: keep decoded arrays in $RESEARCH_CACHE_DIR (default ~/.cache/research/datasets).
+    Downloads are kept in its downloads/ folder either way.
+  remote: where to download from and the md5 sums to expect; default
+    `download.remote(name)`: the published files, from $RESEARCH_DOWNLOAD_MIRROR or the
+    canonical sources.
   """
   if source not in SOURCES:
     raise DataError(f"source={source!r} must be one of {SOURCES}")
@@ -54,8 +61,10 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     return _finish(name, mnist1d.generate(), validation_size, split_seed)
   is_folder = name == "folder"
   explicit_dir = os.fspath(data_dir) if data_dir else None
-  tried, tfds_reasons = [], []
+  tried, tfds_reasons, download_reasons = [], [], []
   loaded = None
+  remote = remote or (None if is_folder else download.remote(name))
+  can_download = source in ("auto", "download") and remote is not None
 
   if source in ("auto", "local"):
     local_dir = explicit_dir or os.environ.get(DATA_DIR_ENV)
@@ -67,6 +76,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     else:
       tried.append(f"no local folder: neither the data_dir argument nor ${DATA_DIR_ENV} is set")
 
+  if loaded is None and can_download:
+    loaded = _load_downloaded(name, remote, cache, fetch=False)
+
   if loaded is None and source in ("auto", "tfds") and not is_folder:
     if tfds_source.installed():
       try:
@@ -76,8 +88,18 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     else:
       tfds_reasons = ["tensorflow_datasets is not installed"]
 
+  if loaded is None and can_download:
+    try:
+      loaded = _load_downloaded(name, remote, cache, fetch=True)
+    except download.DownloadFailed as e:
+      download_reasons = e.reasons
+  elif loaded is None and source == "download":
+    download_reasons = [f"no download source for '{name}': there are downloads for "
+                        f"{', '.join(download.PUBLISHED_MD5)}"]
+
   if loaded is None:
-    raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons, is_folder))
+    raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons,
+                                               download_reasons, is_folder))
   return _finish(name, loaded, validation_size, split_seed)
 
 
@@ -114,6 +136,14 @@ def _load_local(fmt: formats.Format, name: str, use_cache: bool) -> tuple[Decode
   return decoded, f"{fmt.path} ({description})"
 
 
+def _load_downloaded(name: str, remote: download.Remote, use_cache: bool,
+                     fetch: bool) -> tuple[Decoded, str] | None:
+  """`name` from the download folder: fetched now if `fetch`, else only what an earlier
+  download left there (needing no network), or None."""
+  path = download.fetch(name, remote) if fetch else download.cached(name, remote)
+  return _load_local(formats.detect(path), name, use_cache) if path else None
+
+
 def _tfds_dir(name: str, explicit_dir: str | None, source: str) -> str | None:
   """tfds keeps its own layout (<dir>/<name>/<version>/); hand it data_dir only when asked to
   use tfds, or when data_dir already holds that layout."""
@@ -131,7 +161,7 @@ def _load_tfds(name: str, data_dir: str | None, use_cache: bool) -> tuple[Decode
   return decoded, f"tfds:{tfds_name}"
 
 
-def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
+def _not_found_message(name, source, tried, tfds_reasons, download_reasons, is_folder) -> str:
   lines = [f"dataset '{name}' not found (source={source!r})."]
   if tried:
     lines.append("Looked for local files at:")
@@ -139,6 +169,9 @@ def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
   if tfds_reasons:
     lines.append("tensorflow-datasets:")
     lines += [f"  - {r}" for r in tfds_reasons]
+  if download_reasons:
+    lines.append("download:")
+    lines += [f"  - {r}" for r in download_reasons]
   example = "mnist-png.tar.xz" if name == "mnist" else "cifar10-jpeg.tar.xz"
   lines += [
       "To provide the data, do one of:",
@@ -153,4 +186,9 @@ def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
   elif name in KNOWN:
     lines.append("  - install tensorflow-datasets: pip install -e '.[tfds]' (its first download "
                  "needs internet) and use --config.data_source=tfds or auto.")
+  if name in download.PUBLISHED_MD5:
+    lines.append(f"  - with internet, --config.data_source=auto or download fetches the "
+                 f"original files into {download.folder(name)}; behind a firewall, "
+                 f"--config.download_mirror=URL (or ${DOWNLOAD_MIRROR_ENV}) names a mirror "
+                 f"that holds {name}/{next(iter(download.PUBLISHED_MD5[name]))}.")
   return "\n".join(lines)

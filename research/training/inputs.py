@@ -8,6 +8,7 @@ import numpy as np
 
 from research import corruption
 from research import data as data_lib
+from research.data import download
 from research import sharding
 
 
@@ -20,7 +21,8 @@ def load_full(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
   """The whole dataset that `config` names, with its validation split carved out."""
   return data_lib.load_dataset(
       config.dataset, config.data_dir or None, source=config.data_source,
-      validation_size=config.validation_size, split_seed=config.split_seed)
+      validation_size=config.validation_size, split_seed=config.split_seed,
+      remote=download.remote(config.dataset, config.download_mirror))
 
 
 def select(config: ml_collections.ConfigDict,
