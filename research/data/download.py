@@ -174,6 +174,7 @@ def _download(url: str, md5: str, path: pathlib.Path) -> None:
     if got != md5.lower():
       raise _BadTransfer(f"checksum mismatch: expected md5 {md5}, got {got}; refused (a "
                          f"corrupt transfer, or the mirror holds a different file)")
+    os.chmod(tmp, 0o644)  # as any download would be; mkstemp made it private
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

@@ -127,10 +127,13 @@ def _cached(name: str, fingerprint: str | None, use_cache: bool, decode):
   return decoded, description
 
 
-def _load_local(fmt: formats.Format, name: str, use_cache: bool) -> tuple[Decoded, str]:
+def _load_local(fmt: formats.Format, name: str, use_cache: bool,
+                content: str | None = None) -> tuple[Decoded, str]:
+  """content: what identifies the files' bytes when already known (verified checksums),
+  saving the pass over them that formats.fingerprint would make."""
   class_names = _IDX_CLASS_NAMES.get(name)
   # The name is part of the key because IDX class names depend on it.
-  key = hashlib.sha256(f"{name}\0{formats.fingerprint(fmt)}".encode()).hexdigest() \
+  key = hashlib.sha256(f"{name}\0{content or formats.fingerprint(fmt)}".encode()).hexdigest() \
       if use_cache else None
   decoded, description = _cached(name, key, use_cache, lambda: formats.read(fmt, class_names))
   return decoded, f"{fmt.path} ({description})"
@@ -141,7 +144,10 @@ def _load_downloaded(name: str, remote: download.Remote, use_cache: bool,
   """`name` from the download folder: fetched now if `fetch`, else only what an earlier
   download left there (needing no network), or None."""
   path = download.fetch(name, remote) if fetch else download.cached(name, remote)
-  return _load_local(formats.detect(path), name, use_cache) if path else None
+  if path is None:
+    return None
+  verified = "download\0" + "\0".join(f"{f}={md5}" for f, md5 in sorted(remote.md5.items()))
+  return _load_local(formats.detect(path), name, use_cache, content=verified)
 
 
 def _tfds_dir(name: str, explicit_dir: str | None, source: str) -> str | None:
