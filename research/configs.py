@@ -27,8 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data.
   c.dataset = "mnist"
-  c.data_dir = ""                 # '' -> $RESEARCH_DATA_DIR, then tfds
-  c.data_source = "auto"          # auto (local, tfds, then download) | local | tfds | download
+  c.data_dir = ""                 # '' -> $RESEARCH_DATA_DIR, then tfds, then a download
+  # auto: local files, an earlier download, tfds, a download | local | tfds | download
+  c.data_source = "auto"
   # Base URL(s), comma-separated, of a mirror holding <dataset>/<file> of the original
   # distributions (research/data/download.py); '' -> $RESEARCH_DOWNLOAD_MIRROR, then the
   # canonical sources. The published md5 sums are checked either way.

@@ -63,7 +63,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
   explicit_dir = os.fspath(data_dir) if data_dir else None
   tried, tfds_reasons, download_reasons = [], [], []
   loaded = None
-  remote = remote or (None if is_folder else download.remote(name))
+  remote = remote or download.remote(name)
   can_download = source in ("auto", "download") and remote is not None
 
   if source in ("auto", "local"):

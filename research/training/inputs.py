@@ -8,8 +8,8 @@ import numpy as np
 
 from research import corruption
 from research import data as data_lib
-from research.data import download
 from research import sharding
+from research.data import download
 
 
 def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
