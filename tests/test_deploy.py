@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tarfile
@@ -20,6 +21,7 @@ import pytest
 from conftest import REPO
 import synthetic_data
 from research import configs
+from research import errors
 from research import export
 from research import inference
 from research.training import loop
@@ -71,42 +73,93 @@ def command(module: str, *args, cwd=REPO) -> subprocess.CompletedProcess:
                         env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
+def code_block(doc: str, language: str, containing: str) -> str:
+  blocks = re.findall(rf"```{language}\n(.*?)```", (REPO / doc).read_text(), re.S)
+  [block] = [b for b in blocks if containing in b]
+  return block
+
+
+def run_python(code: str, cwd) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+# What a fresh process imported besides jax and numpy.
+IMPORTED = ("import sys\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('research', 'flax', 'orbax', 'optax')))\n")
+
+
 # --- research.export -------------------------------------------------------------------
 
-def test_export_matches_the_live_model_bitwise(run_dir, tmp_path):
-  result = command("export", f"--workdir={run_dir}", f"--out={tmp_path / 'model.bin'}")
+@pytest.fixture(scope="module")
+def exported_dir(run_dir, tmp_path_factory) -> pathlib.Path:
+  out = tmp_path_factory.mktemp("export")
+  result = command("export", f"--workdir={run_dir}", f"--out={out / 'model.bin'}")
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "exported vgg (checkpoint step 4 of" in result.stdout
+  return out
+
+
+def test_exported_logits_equal_the_live_models_bitwise(run_dir, exported_dir):
+  """research/exported.py, in a process that imports no model code, gives bitwise the
+  logits of the run's model rebuilt here, for a batch of 1 and of 37."""
+  batches = {n: np.random.default_rng(n).integers(0, 256, (n, SIZE, SIZE, 3), np.uint8)
+             for n in (1, 37)}
+  for n, images in batches.items():
+    np.save(exported_dir / f"images{n}.npy", images)
+  result = run_python(
+      "import numpy as np\n"
+      "from research import exported\n"
+      "model = exported.load('model.bin')\n"
+      "for n in (1, 37):\n"
+      "  out = model(np.load(f'images{n}.npy'))\n"
+      "  np.save(f'logits{n}.npy', out['logits'])\n"
+      "  np.save(f'probabilities{n}.npy', out['probabilities'])\n" + IMPORTED, exported_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[-1] == "['research', 'research.exported']"
   model = inference.restore(run_dir)
-  meta = json.loads((tmp_path / "model.json").read_text())
-  assert meta["class_names"] == list(COLOURS)
-  assert meta["input"] == {**meta["input"], "shape": [None, SIZE, SIZE, 3], "dtype": "uint8"}
-  assert meta["run"]["checkpoint_step"] == model.step
-  assert meta["platforms"] == ["cpu", "cuda", "tpu"]
-  from research import exported
-  loaded = exported.load(tmp_path / "model.bin")
-  for batch in (1, 37):
-    images = np.random.default_rng(batch).integers(0, 256, (batch, SIZE, SIZE, 3), np.uint8)
-    got, live = loaded(images), jax.device_get(model(images))
-    assert got["logits"].shape == (batch, 3)
+  assert model.step == json.loads((run_dir / "summary.json").read_text())["best"]["step"]
+  for n, images in batches.items():
+    live = jax.device_get(model(images))
     for name in ("logits", "probabilities"):
-      np.testing.assert_array_equal(got[name], live[name])
+      got = np.load(exported_dir / f"{name}{n}.npy")
+      assert got.shape == (n, 3) and got.dtype == np.float32
+      np.testing.assert_array_equal(got, live[name])
 
 
-def test_exported_model_loads_without_the_model_code(run_dir, tmp_path):
-  """The loader imports jax and numpy only: no flax, no research.models."""
-  out = tmp_path / "model.bin"
-  model = inference.restore(run_dir)
-  exported_model = export.export_model(model)
-  export.write(exported_model, export.metadata(model, exported_model, str(run_dir)), out)
-  check = ("import sys, numpy as np\n"
-           "from research import exported\n"
-           f"model = exported.load({str(out)!r})\n"
-           f"p = model(np.zeros((2, {SIZE}, {SIZE}, 3), np.uint8))['probabilities']\n"
-           "assert p.shape == (2, 3) and np.allclose(p.sum(-1), 1), p\n"
-           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-           "('research', 'flax', 'orbax', 'optax')))\n")
-  result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+def test_export_metadata_describes_the_input_and_the_run(run_dir, exported_dir):
+  meta = json.loads((exported_dir / "model.json").read_text())
+  config = json.loads((run_dir / "config.json").read_text())
+  assert meta["class_names"] == list(COLOURS)
+  assert meta["input"]["shape"] == [None, SIZE, SIZE, 3] and meta["input"]["dtype"] == "uint8"
+  assert meta["preprocessing"]["mean"] == config["normalize_mean"]
+  assert meta["preprocessing"]["std"] == config["normalize_std"]
+  assert meta["outputs"]["probability"] == "softmax"
+  assert meta["platforms"] == ["cpu", "cuda", "tpu"]
+  assert meta["run"]["checkpoint_step"] == 4
+  with pytest.raises(errors.ConfigError, match="overwritten by its own metadata"):
+    export.write(None, meta, exported_dir / "model.json")
+
+
+def test_docs_standalone_snippet_runs_with_jax_alone(exported_dir):
+  """docs/deploy.md's snippet, which uses no code of this project, on a photo of
+  another size: it names the photo's colour first."""
+  Image.new("RGB", (64, 48), COLOURS["green"]).save(exported_dir / "photo.jpg")
+  snippet = code_block("docs/deploy.md", "python", "export.deserialize")
+  result = run_python(snippet + IMPORTED, exported_dir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.split("\n")[0] == "['research', 'research.exported']"
+  lines = result.stdout.splitlines()
+  assert lines[0].split()[0] == "green" and len(lines) == 4
+  assert lines[-1] == "[]"
 
+
+def test_one_unit_head_gives_sigmoid_probabilities_for_two_classes():
+  logits = np.array([[-3.0], [0.0], [40.0]], np.float32)
+  p = np.asarray(inference.probabilities(logits, num_classes=2))
+  z = logits[:, 0].astype(np.float64)
+  np.testing.assert_allclose(p[:, 1], 1 / (1 + np.exp(-z)), rtol=1e-6)
+  # sigmoid(-z), not 1 - sigmoid(z), which rounds to 0 for z = 40
+  np.testing.assert_allclose(p[:, 0], 1 / (1 + np.exp(z)), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(inference.probabilities(
+      np.array([[1.0, 1.0]], np.float32), num_classes=2)), [[0.5, 0.5]])
