@@ -92,7 +92,10 @@ def restore(workdir: str | os.PathLike) -> RestoredModel:
   config = load_config(writer)
   info = data_info(writer, config)
   image_shape = tuple(info["image_shape"])
-  model = create_run_model(config, image_shape, len(info["class_names"]))
+  # Shapes only: the initial values would be overwritten, and computing them compiles
+  # a program as large as the model.
+  model = nnx.eval_shape(lambda: create_run_model(config, image_shape,
+                                                  len(info["class_names"])))
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = {"params": _abstract(params, device), "batch_stats": _abstract(batch_stats, device)}

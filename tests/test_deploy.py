@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,6 +25,7 @@ from research import configs
 from research import errors
 from research import export
 from research import inference
+from research import predict
 from research.training import loop
 
 COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
@@ -163,3 +165,111 @@ def test_one_unit_head_gives_sigmoid_probabilities_for_two_classes():
   np.testing.assert_allclose(p[:, 0], 1 / (1 + np.exp(z)), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(inference.probabilities(
       np.array([[1.0, 1.0]], np.float32), num_classes=2)), [[0.5, 0.5]])
+
+
+# --- research.predict ------------------------------------------------------------------
+
+def write_photos(root: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, str]]:
+  """Photos of the three colours in other sizes and modes (JPEG, RGBA, palette, BMP), in
+  a folder, a tar.gz and a zip, among files that are not images. Returns (the paths to
+  give predict, {where predict names each image: its colour})."""
+  folder, loose = root / "photos", root / "loose"
+  (folder / "sub").mkdir(parents=True)
+  loose.mkdir()
+  Image.new("RGB", (300, 200), COLOURS["red"]).save(folder / "red.jpg")
+  Image.new("RGBA", (50, 30), COLOURS["green"] + (255,)).save(folder / "sub" / "green.png")
+  Image.new("RGB", (20, 20), COLOURS["blue"]).convert("P").save(folder / "sub" / "blue.gif")
+  (folder / "notes.txt").write_text("not an image")
+  (folder / ".DS_Store").write_bytes(b"\0\0")                    # left out silently
+  jpeg = (folder / "red.jpg").read_bytes()
+  (folder / "broken.jpg").write_bytes(jpeg[:len(jpeg) // 3])    # truncated
+  Image.new("RGB", (SIZE, SIZE), COLOURS["blue"]).save(loose / "blue.png")
+  Image.new("RGB", (16, 9), COLOURS["red"]).save(loose / "red.bmp")
+  synthetic_data.write_tar(loose, root / "more.tar.gz", mode="w:gz")
+  with zipfile.ZipFile(root / "more.zip", "w") as archive:
+    archive.write(folder / "sub" / "green.png", "pics/green.png")
+    archive.writestr("__MACOSX/pics/._green.png", b"resource fork")
+  truth = {f"{folder}/red.jpg": "red", f"{folder}/sub/blue.gif": "blue",
+           f"{folder}/sub/green.png": "green", f"{root}/more.tar.gz:blue.png": "blue",
+           f"{root}/more.tar.gz:red.bmp": "red", f"{root}/more.zip:pics/green.png": "green"}
+  return [folder, root / "more.tar.gz", root / "more.zip", root / "missing.png"], truth
+
+
+def test_predict_names_the_colours_of_photos_and_skips_bad_files(run_dir, tmp_path):
+  paths, truth = write_photos(tmp_path)
+  result = command("predict", f"--workdir={run_dir}", "--top_k=5",
+                   f"--output={tmp_path / 'out' / 'preds.csv'}", *paths)
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines())
+  assert set(printed) == set(truth)
+  for where, colour in truth.items():
+    top = printed[where].split(", ")
+    assert len(top) == 3 and top[0].split()[0] == colour, (where, top)
+  skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+  assert len(skipped) == 3, result.stderr
+  assert f"cannot decode image {tmp_path}/photos/notes.txt" in skipped[1]
+  assert f"cannot decode image {tmp_path}/photos/broken.jpg" in skipped[0]
+  assert skipped[2] == f"skipped {tmp_path}/missing.png: no such file or folder"
+  assert "DS_Store" not in result.stderr and "MACOSX" not in result.stderr
+  assert f"6 image(s) predicted with checkpoint step 4 of {run_dir}, 3 skipped" in result.stderr
+  with open(tmp_path / "out" / "preds.csv", newline="") as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["image", "class_1", "probability_1", "class_2", "probability_2",
+                     "class_3", "probability_3"]
+  assert {row[0]: row[1] for row in rows[1:]} == truth
+  for row in rows[1:]:
+    probabilities = [float(p) for p in row[2::2]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
+    assert sorted(row[1::2]) == sorted(COLOURS)
+
+
+def test_predict_exits_1_when_no_image_could_be_predicted(run_dir, tmp_path):
+  (tmp_path / "notes.txt").write_text("not an image")
+  result = command("predict", f"--workdir={run_dir}", tmp_path / "notes.txt",
+                   tmp_path / "gone.jpg")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert f"cannot decode image {tmp_path}/notes.txt" in result.stderr
+  assert f"skipped {tmp_path}/gone.jpg: no such file or folder" in result.stderr
+  assert result.stdout == "" and "0 image(s) predicted" in result.stderr
+
+
+def test_predict_writes_jsonl_and_batches_do_not_change_the_result(run_dir, tmp_path):
+  paths, truth = write_photos(tmp_path)
+  model = inference.restore(run_dir)
+  by_batch = {size: [r for r in predict.predict(model, predict.image_files(paths), 2, size)
+                     if isinstance(r, predict.Prediction)] for size in (4, 64)}
+  assert [p.image for p in by_batch[4]] == [p.image for p in by_batch[64]]
+  for a, b in zip(*by_batch.values()):
+    assert [name for name, _ in a.top] == [name for name, _ in b.top]
+    np.testing.assert_allclose([p for _, p in a.top], [p for _, p in b.top], rtol=1e-5)
+  predict.write_output(by_batch[4], tmp_path / "preds.jsonl")
+  rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+  assert {row["image"]: row["top"][0]["class"] for row in rows} == truth
+  assert all(len(row["top"]) == 2 for row in rows)
+
+
+def test_predict_with_a_bfloat16_run_on_the_cpu(run_dir, tmp_path):
+  """A run trained in bfloat16 keeps float32 checkpoints; its model computes in bfloat16
+  on the CPU too, and tells the colours apart as the float32 one does."""
+  workdir = tmp_path / "bf16"
+  shutil.copytree(run_dir, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  (workdir / "config.json").write_text(json.dumps({**config, "compute_dtype": "bfloat16"}))
+  f32, bf16 = inference.restore(run_dir), inference.restore(workdir)
+  assert bf16.config.compute_dtype == "bfloat16"
+  images = np.concatenate([colour_images(rgb, 2, seed=9) for rgb in COLOURS.values()])
+  a, b = jax.device_get(f32(images)), jax.device_get(bf16(images))
+  assert b["logits"].dtype == np.float32 and not np.array_equal(a["logits"], b["logits"])
+  np.testing.assert_array_equal(b["probabilities"].argmax(-1), np.repeat(np.arange(3), 2))
+  np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=0.03)
+
+
+def test_runs_without_data_json_read_their_dataset(run_dir, tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("RESEARCH_CACHE_DIR", str(tmp_path / "cache"))
+  workdir = tmp_path / "older"
+  shutil.copytree(run_dir, workdir)
+  (workdir / "data.json").unlink()
+  model = inference.restore(workdir)
+  assert model.class_names == tuple(COLOURS) and model.image_shape == (SIZE, SIZE, 3)
+  assert model.image_dtype == np.uint8
+  assert f"{workdir} has no data.json" in capsys.readouterr().err
