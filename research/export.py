@@ -77,7 +77,8 @@ def metadata(model: inference.RestoredModel, exported: jax_export.Exported,
           "mean": list(config.normalize_mean), "std": list(config.normalize_std),
           "outside": f"decode, convert to {model.image_shape[-1]} channel(s) and resize "
                      f"to {height}x{width} as the run's loader did "
-                     "(research/data/images.py decode_image)"},
+                     "(research/data/images.py decode_image)"
+                     if pixels else "none: the values as the dataset holds them"},
       "outputs": {"logits": [None, units], "probabilities": [None, len(model.class_names)],
                   "probability": "sigmoid" if units == 1 else "softmax"},
       "platforms": list(exported.platforms),
