@@ -18,6 +18,7 @@ from research.models import MODELS
 from research.models import accepts
 
 DATA_SOURCES = ("auto", "local", "tfds", "download")
+ON_BAD_IMAGE = ("error", "skip")
 BATCH_NORM = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ASYNC_CHECKPOINTS = ("auto", "on", "off")
@@ -38,6 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.split_seed = 0                # the held-out split does not change with `seed`
   c.train_subset = 0              # train on this many examples (0 = all), seeded
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
+  # Images as files come (docs/own_data.md): resized on load with an antialiasing filter
+  # (PIL bilinear, as torchvision's Resize), part of the decode cache's key.
+  c.image_size = ()               # (height, width); () = as stored (all the same size)
+  c.channels = 0                  # 1 (grayscale) | 3 (RGB) | 0 = as the data holds
+  c.on_bad_image = "error"        # error | skip: a file that does not decode, named either way
   # Per-channel input normalisation (research/normalization.py), on pixels scaled to
   # [0, 1] (float data: as is). auto: the training split's mean and std, measured at
   # load; none: mean 0, std 1; explicit: the two keys below. The run's config.json
@@ -155,6 +161,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "loss", losses.LOSSES)
   _check_choice(config, "data_source", DATA_SOURCES)
   _check_download_mirror(config)
+  _check_images(config)
   _check_choice(config, "cpu_convolutions", xla_cpu.CONVOLUTION_LIBRARIES)
   _check_choice(config, "platform", runtime.PLATFORMS)
   _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
@@ -190,6 +197,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "async_checkpoints", ASYNC_CHECKPOINTS)
   _check_best_metric(config)
   normalization.validate(config)
+
+
+def _check_images(config) -> None:
+  size = config.image_size
+  if size and (len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size)):
+    raise errors.ConfigError(f"config.image_size={size!r} must be (height, width), two "
+                             "positive integers, or () to keep the stored size.")
+  _check_choice(config, "channels", (0, 1, 3))
+  _check_choice(config, "on_bad_image", ON_BAD_IMAGE)
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:

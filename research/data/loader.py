@@ -3,6 +3,7 @@ the original distribution), decode it once, cache it, and carve the validation s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -11,7 +12,7 @@ import sys
 import time
 
 from research.data import cache as cache_lib
-from research.data import download, formats, locate, mnist1d, splits, tfds_source
+from research.data import download, formats, images, locate, mnist1d, splits, tfds_source
 from research.data.idx import FASHION_MNIST_CLASSES
 from research.data.types import (DATA_DIR_ENV, DOWNLOAD_MIRROR_ENV, DataError,
                                  DataNotFoundError, Dataset, Decoded)
@@ -27,7 +28,9 @@ _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
 
 def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto",
                  validation_size: float | int = 0, split_seed: int = 0,
-                 cache: bool = True, remote: download.Remote | None = None) -> Dataset:
+                 cache: bool = True, image_size: tuple[int, int] | None = None,
+                 channels: int | None = None, on_bad_image: str = "error",
+                 remote: download.Remote | None = None) -> Dataset:
   """Loads a whole dataset into memory as uint8 images (float32 for mnist1d) and int32
   labels.
 
@@ -47,9 +50,19 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
   remote: where to download from and the md5 sums to expect; default
     `download.remote(name)`: the published files, from $RESEARCH_DOWNLOAD_MIRROR or the
     canonical sources.
+  image_size: (height, width) every image is resized to, with an antialiasing filter;
+    None keeps the stored size (then all images must have the same size).
+  channels: 1 (grayscale) or 3 (RGB); None takes them from the data.
+  on_bad_image: "error" refuses a file that does not decode, "skip" leaves it out with a
+    warning; both name the file.
   """
   if source not in SOURCES:
     raise DataError(f"source={source!r} must be one of {SOURCES}")
+  try:
+    options = images.ImageOptions(tuple(image_size) if image_size else None, channels or None,
+                                  on_bad_image)
+  except ValueError as e:
+    raise DataError(str(e)) from e
   if validation_size != 0:
     splits.validation_count(validation_size, sys.maxsize)  # fail on a bad value before decoding
   name = locate.canonical_name(name)
@@ -58,6 +71,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
       raise DataError("dataset 'mnist1d' is generated locally by the mnist1d package, not "
                       "read from tensorflow-datasets: use source='auto' or 'local' "
                       "(--config.data_source=auto).")
+    if options.size or options.channels:
+      raise DataError("dataset 'mnist1d' holds 1-D sequences, not images: leave "
+                      "config.image_size and config.channels unset.")
     return _finish(name, mnist1d.generate(), validation_size, split_seed)
   is_folder = name == "folder"
   explicit_dir = os.fspath(data_dir) if data_dir else None
@@ -72,17 +88,17 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
       search = locate.find(name, pathlib.Path(local_dir).expanduser(), look_inside=not is_folder)
       tried += search.tried
       if search.found is not None:
-        loaded = _load_local(search.found, name, cache)
+        loaded = _load_local(search.found, name, cache, options)
     else:
       tried.append(f"no local folder: neither the data_dir argument nor ${DATA_DIR_ENV} is set")
 
   if loaded is None and can_download:
-    loaded = _load_downloaded(name, remote, cache, fetch=False)
+    loaded = _load_downloaded(name, remote, cache, options, fetch=False)
 
   if loaded is None and source in ("auto", "tfds") and not is_folder:
     if tfds_source.installed():
       try:
-        loaded = _load_tfds(name, _tfds_dir(name, explicit_dir, source), cache)
+        loaded = _load_tfds(name, _tfds_dir(name, explicit_dir, source), cache, options)
       except tfds_source.TfdsUnavailable as e:
         tfds_reasons = e.reasons
     else:
@@ -90,7 +106,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
 
   if loaded is None and can_download:
     try:
-      loaded = _load_downloaded(name, remote, cache, fetch=True)
+      loaded = _load_downloaded(name, remote, cache, options, fetch=True)
     except download.DownloadFailed as e:
       download_reasons = e.reasons
   elif loaded is None and source == "download":
@@ -106,6 +122,11 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
 def _finish(name: str, loaded: tuple[Decoded, str], validation_size: float | int,
             split_seed: int) -> Dataset:
   decoded, where = loaded
+  if decoded.skipped:
+    log.warning("skipped %d files that are not images or are corrupt "
+                "(config.on_bad_image='skip'):\n  %s", len(decoded.skipped),
+                "\n  ".join(decoded.skipped))
+    where += f" ({len(decoded.skipped)} bad files skipped)"
   train, validation = splits.carve_validation(decoded.train, validation_size, split_seed)
   return Dataset(name=name, train=train, validation=validation, test=decoded.test,
                  class_names=decoded.class_names, source=where)
@@ -128,26 +149,41 @@ def _cached(name: str, fingerprint: str | None, use_cache: bool, decode):
 
 
 def _load_local(fmt: formats.Format, name: str, use_cache: bool,
-                content: str | None = None) -> tuple[Decoded, str]:
+                options: images.ImageOptions, content: str | None = None) -> tuple[Decoded, str]:
   """content: what identifies the files' bytes when already known (verified checksums),
   saving the pass over them that formats.fingerprint would make."""
   class_names = _IDX_CLASS_NAMES.get(name)
   # The name is part of the key because IDX class names depend on it.
-  key = hashlib.sha256(f"{name}\0{content or formats.fingerprint(fmt)}".encode()).hexdigest() \
-      if use_cache else None
-  decoded, description = _cached(name, key, use_cache, lambda: formats.read(fmt, class_names))
+  key = _key(name, content or formats.fingerprint(fmt), options.key) if use_cache else None
+  decoded, description = _cached(
+      name, key, use_cache, lambda: _fitted(formats.read(fmt, class_names, options), options))
   return decoded, f"{fmt.path} ({description})"
 
 
 def _load_downloaded(name: str, remote: download.Remote, use_cache: bool,
-                     fetch: bool) -> tuple[Decoded, str] | None:
+                     options: images.ImageOptions, fetch: bool) -> tuple[Decoded, str] | None:
   """`name` from the download folder: fetched now if `fetch`, else only what an earlier
   download left there (needing no network), or None."""
   path = download.fetch(name, remote) if fetch else download.cached(name, remote)
   if path is None:
     return None
   verified = "download\0" + "\0".join(f"{f}={md5}" for f, md5 in sorted(remote.md5.items()))
-  return _load_local(formats.detect(path), name, use_cache, content=verified)
+  return _load_local(formats.detect(path), name, use_cache, options, content=verified)
+
+
+def _key(*parts: str) -> str:
+  return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _fitted(loaded: tuple[Decoded, str], options: images.ImageOptions) -> tuple[Decoded, str]:
+  """Resizes and converts what readers of whole arrays (IDX, CIFAR, tfds) produced, as the
+  image readers do file by file (for those, a no-op)."""
+  decoded, description = loaded
+  def fit(split):
+    return dataclasses.replace(
+        split, images=images.fit_images(split.images, options.size, options.channels))
+  return dataclasses.replace(decoded, train=fit(decoded.train), test=fit(decoded.test)), \
+      description
 
 
 def _tfds_dir(name: str, explicit_dir: str | None, source: str) -> str | None:
@@ -159,11 +195,13 @@ def _tfds_dir(name: str, explicit_dir: str | None, source: str) -> str | None:
   return explicit_dir if source == "tfds" or tfds_layout.is_dir() else None
 
 
-def _load_tfds(name: str, data_dir: str | None, use_cache: bool) -> tuple[Decoded, str]:
+def _load_tfds(name: str, data_dir: str | None, use_cache: bool,
+               options: images.ImageOptions) -> tuple[Decoded, str]:
   opened = tfds_source.open_splits(name, data_dir)
   tfds_name = tfds_source.TFDS_NAMES.get(name, name)
-  decoded, _ = _cached(f"tfds-{name}", opened.fingerprint, use_cache,
-                       lambda: (opened.read(), f"tfds:{tfds_name}"))
+  key = _key(opened.fingerprint, options.key) if opened.fingerprint else None
+  decoded, _ = _cached(f"tfds-{name}", key, use_cache,
+                       lambda: _fitted((opened.read(), f"tfds:{tfds_name}"), options))
   return decoded, f"tfds:{tfds_name}"
 
 

@@ -74,3 +74,4 @@ class Decoded:
   train: Split
   test: Split
   class_names: tuple[str, ...]
+  skipped: tuple[str, ...] = ()  # bad files left out (config.on_bad_image='skip')

@@ -22,6 +22,8 @@ def load_full(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
   return data_lib.load_dataset(
       config.dataset, config.data_dir or None, source=config.data_source,
       validation_size=config.validation_size, split_seed=config.split_seed,
+      image_size=tuple(config.image_size) or None, channels=config.channels or None,
+      on_bad_image=config.on_bad_image,
       remote=download.remote(config.dataset, config.download_mirror))
 
 
