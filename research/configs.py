@@ -18,7 +18,7 @@ from research.data import images
 from research.models import MODELS
 from research.models import accepts
 
-DATA_SOURCES = ("auto", "local", "tfds")
+DATA_SOURCES = ("auto", "local", "tfds", "download")
 BATCH_NORM = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ASYNC_CHECKPOINTS = ("auto", "on", "off")
@@ -28,8 +28,13 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data.
   c.dataset = "mnist"
-  c.data_dir = ""                 # '' -> $RESEARCH_DATA_DIR, then tfds
-  c.data_source = "auto"          # auto | local | tfds
+  c.data_dir = ""                 # '' -> $RESEARCH_DATA_DIR, then tfds, then a download
+  # auto: local files, an earlier download, tfds, a download | local | tfds | download
+  c.data_source = "auto"
+  # Base URL(s), comma-separated, of a mirror holding <dataset>/<file> of the original
+  # distributions (research/data/download.py); '' -> $RESEARCH_DOWNLOAD_MIRROR, then the
+  # canonical sources. The published md5 sums are checked either way.
+  c.download_mirror = ""
   c.validation_size = 0.0         # fraction (<1) or count of train examples held out
   c.split_seed = 0                # the held-out split does not change with `seed`
   c.train_subset = 0              # train on this many examples (0 = all), seeded
@@ -155,6 +160,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "lr_schedule", optim.SCHEDULES)
   _check_choice(config, "loss", losses.LOSSES)
   _check_choice(config, "data_source", DATA_SOURCES)
+  _check_download_mirror(config)
   _check_images(config)
   _check_choice(config, "cpu_convolutions", xla_cpu.CONVOLUTION_LIBRARIES)
   _check_choice(config, "platform", runtime.PLATFORMS)
@@ -222,6 +228,13 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
                                f"{config.model!r}; leave it at its default.")
     kwargs[key] = value
   return kwargs
+
+
+def _check_download_mirror(config) -> None:
+  for url in config.download_mirror.split(","):
+    if url.strip() and not url.strip().startswith(("http://", "https://")):
+      raise errors.ConfigError(f"config.download_mirror: {url.strip()!r} is not an http:// or "
+                               "https:// URL (comma-separate several mirrors).")
 
 
 def _check_best_metric(config) -> None:

@@ -22,7 +22,6 @@ from PIL import Image, ImageOps
 
 from research.data.types import CorruptDataError, Decoded, Split
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 SPLITS = ("train", "test")
 CHANNELS = (1, 3)
 ON_BAD_IMAGE = ("error", "skip")
@@ -35,12 +34,6 @@ DRAFT_ABOVE_PIXELS = 4096 * 4096
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _WHITE = (255, 255, 255, 255)
-
-
-def is_image_name(name: str) -> bool:
-  base = name.rsplit("/", 1)[-1]
-  # macOS archives carry "._foo.png" resource forks next to every file; they are not images.
-  return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
 
 
 def is_class_member(name: str) -> bool:

@@ -1,5 +1,5 @@
-"""`load_dataset`: find the data (local files, then tensorflow-datasets), decode it once,
-cache it, and carve the validation split."""
+"""`load_dataset`: find the data (local files, then tensorflow-datasets, then a download of
+the original distribution), decode it once, cache it, and carve the validation split."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import sys
 import time
 
 from research.data import cache as cache_lib
-from research.data import formats, images, locate, mnist1d, splits, tfds_source
+from research.data import download, formats, images, locate, mnist1d, splits, tfds_source
 from research.data.idx import FASHION_MNIST_CLASSES
-from research.data.types import (DATA_DIR_ENV, DataError, DataNotFoundError, Dataset, Decoded)
+from research.data.types import (DATA_DIR_ENV, DOWNLOAD_MIRROR_ENV, DataError,
+                                 DataNotFoundError, Dataset, Decoded)
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "local", "tfds")
+SOURCES = ("auto", "local", "tfds", "download")
 KNOWN = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 # IDX files carry no class names; these are the published ones.
 _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
@@ -28,7 +29,8 @@ _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
 def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto",
                  validation_size: float | int = 0, split_seed: int = 0,
                  cache: bool = True, image_size: tuple[int, int] | None = None,
-                 channels: int | None = None, on_bad_image: str = "error") -> Dataset:
+                 channels: int | None = None, on_bad_image: str = "error",
+                 remote: download.Remote | None = None) -> Dataset:
   """Loads a whole dataset into memory as uint8 images (float32 for mnist1d) and int32
   labels.
 
@@ -38,10 +40,16 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     as a folder/archive in data_dir.
   data_dir: a folder holding datasets by name, or the dataset's own folder/archive;
     defaults to $RESEARCH_DATA_DIR.
-  source: "auto" (local files if found, else tensorflow-datasets), "local" or "tfds".
+  source: "auto" (local files if found, else an earlier download, else tensorflow-datasets,
+    else a download), "local", "tfds" or "download" (mnist, fashion_mnist, cifar10, cifar100
+    from their original distributions; research/data/download.py).
   validation_size: fraction in (0, 1) or count of train examples held out (stratified,
     seeded by split_seed); 0 for no validation split.
   cache: keep decoded arrays in $RESEARCH_CACHE_DIR (default ~/.cache/research/datasets).
+    Downloads are kept in its downloads/ folder either way.
+  remote: where to download from and the md5 sums to expect; default
+    `download.remote(name)`: the published files, from $RESEARCH_DOWNLOAD_MIRROR or the
+    canonical sources.
   image_size: (height, width) every image is resized to, with an antialiasing filter;
     None keeps the stored size (then all images must have the same size).
   channels: 1 (grayscale) or 3 (RGB); None takes them from the data.
@@ -69,8 +77,10 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     return _finish(name, mnist1d.generate(), validation_size, split_seed)
   is_folder = name == "folder"
   explicit_dir = os.fspath(data_dir) if data_dir else None
-  tried, tfds_reasons = [], []
+  tried, tfds_reasons, download_reasons = [], [], []
   loaded = None
+  remote = remote or download.remote(name)
+  can_download = source in ("auto", "download") and remote is not None
 
   if source in ("auto", "local"):
     local_dir = explicit_dir or os.environ.get(DATA_DIR_ENV)
@@ -82,6 +92,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     else:
       tried.append(f"no local folder: neither the data_dir argument nor ${DATA_DIR_ENV} is set")
 
+  if loaded is None and can_download:
+    loaded = _load_downloaded(name, remote, cache, options, fetch=False)
+
   if loaded is None and source in ("auto", "tfds") and not is_folder:
     if tfds_source.installed():
       try:
@@ -91,8 +104,18 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     else:
       tfds_reasons = ["tensorflow_datasets is not installed"]
 
+  if loaded is None and can_download:
+    try:
+      loaded = _load_downloaded(name, remote, cache, options, fetch=True)
+    except download.DownloadFailed as e:
+      download_reasons = e.reasons
+  elif loaded is None and source == "download":
+    download_reasons = [f"no download source for '{name}': there are downloads for "
+                        f"{', '.join(download.PUBLISHED_MD5)}"]
+
   if loaded is None:
-    raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons, is_folder))
+    raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons,
+                                               download_reasons, is_folder))
   return _finish(name, loaded, validation_size, split_seed)
 
 
@@ -126,16 +149,29 @@ def _cached(name: str, fingerprint: str | None, use_cache: bool, decode):
 
 
 def _load_local(fmt: formats.Format, name: str, use_cache: bool,
-                options: images.ImageOptions) -> tuple[Decoded, str]:
+                options: images.ImageOptions, content: str | None = None) -> tuple[Decoded, str]:
+  """content: what identifies the files' bytes when already known (verified checksums),
+  saving the pass over them that formats.fingerprint would make."""
   class_names = _IDX_CLASS_NAMES.get(name)
   # The name is part of the key because IDX class names depend on it.
-  key = _key(name, formats.fingerprint(fmt), options.key) if use_cache else None
+  key = _key(name, content or formats.fingerprint(fmt), options.key) if use_cache else None
 
   def decode():
     decoded, description = formats.read(fmt, class_names, options)
     return _fitted(decoded, options), description
   decoded, description = _cached(name, key, use_cache, decode)
   return decoded, f"{fmt.path} ({description})"
+
+
+def _load_downloaded(name: str, remote: download.Remote, use_cache: bool,
+                     options: images.ImageOptions, fetch: bool) -> tuple[Decoded, str] | None:
+  """`name` from the download folder: fetched now if `fetch`, else only what an earlier
+  download left there (needing no network), or None."""
+  path = download.fetch(name, remote) if fetch else download.cached(name, remote)
+  if path is None:
+    return None
+  verified = "download\0" + "\0".join(f"{f}={md5}" for f, md5 in sorted(remote.md5.items()))
+  return _load_local(formats.detect(path), name, use_cache, options, content=verified)
 
 
 def _key(*parts: str) -> str:
@@ -170,7 +206,7 @@ def _load_tfds(name: str, data_dir: str | None, use_cache: bool,
   return decoded, f"tfds:{tfds_name}"
 
 
-def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
+def _not_found_message(name, source, tried, tfds_reasons, download_reasons, is_folder) -> str:
   lines = [f"dataset '{name}' not found (source={source!r})."]
   if tried:
     lines.append("Looked for local files at:")
@@ -178,6 +214,9 @@ def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
   if tfds_reasons:
     lines.append("tensorflow-datasets:")
     lines += [f"  - {r}" for r in tfds_reasons]
+  if download_reasons:
+    lines.append("download:")
+    lines += [f"  - {r}" for r in download_reasons]
   example = "mnist-png.tar.xz" if name == "mnist" else "cifar10-jpeg.tar.xz"
   lines += [
       "To provide the data, do one of:",
@@ -192,4 +231,9 @@ def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
   elif name in KNOWN:
     lines.append("  - install tensorflow-datasets: pip install -e '.[tfds]' (its first download "
                  "needs internet) and use --config.data_source=tfds or auto.")
+  if name in download.PUBLISHED_MD5:
+    lines.append(f"  - with internet, --config.data_source=auto or download fetches the "
+                 f"original files into {download.folder(name)}; behind a firewall, "
+                 f"--config.download_mirror=URL (or ${DOWNLOAD_MIRROR_ENV}) names a mirror "
+                 f"that holds {name}/{next(iter(download.PUBLISHED_MD5[name]))}.")
   return "\n".join(lines)
