@@ -183,9 +183,9 @@ def test_bad_files_are_skipped_and_listed(tmp_path, cache_dir, caplog, as_zip):
       data = _load(path, image_size=(4, 4), on_bad_image="skip")
     assert len(data.train) == 2 * files and len(data.test) == 2 * files, attempt
     warning = "\n".join(r.getMessage() for r in caplog.records)
-    assert "skipped 2 files" in warning, attempt
+    assert "left out 2 file(s)" in warning, attempt
     assert "truncated.jpg" in warning and "notes.txt" in warning, attempt
-    assert "2 bad files skipped" in data.source
+    assert "2 bad file(s) skipped" in data.source
 
 
 def test_a_class_left_empty_by_skipping_is_an_error(tmp_path, cache_dir):

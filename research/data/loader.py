@@ -123,10 +123,9 @@ def _finish(name: str, loaded: tuple[Decoded, str], validation_size: float | int
             split_seed: int) -> Dataset:
   decoded, where = loaded
   if decoded.skipped:
-    log.warning("skipped %d files that are not images or are corrupt "
-                "(config.on_bad_image='skip'):\n  %s", len(decoded.skipped),
-                "\n  ".join(decoded.skipped))
-    where += f" ({len(decoded.skipped)} bad files skipped)"
+    log.warning("config.on_bad_image='skip' left out %d file(s) that are not images or are "
+                "corrupt:\n  %s", len(decoded.skipped), "\n  ".join(decoded.skipped))
+    where += f" ({len(decoded.skipped)} bad file(s) skipped)"
   train, validation = splits.carve_validation(decoded.train, validation_size, split_seed)
   return Dataset(name=name, train=train, validation=validation, test=decoded.test,
                  class_names=decoded.class_names, source=where)
