@@ -51,7 +51,9 @@ def _normalization(config, dataset) -> list[str]:
 def _sizes(config, dataset) -> list[str]:
   lines = []
   available = len(dataset.train)
-  held_out = (f" left after config.validation_size={config.validation_size}"
+  held_out = (f" left after cross-validation fold {config.cv_fold} of {config.cv_folds}"
+              if config.cv_folds else
+              f" left after config.validation_size={config.validation_size}"
               if dataset.validation is not None else "")
   if config.train_subset > available:
     lines.append(f"config.train_subset={config.train_subset} is more than the {available} "
