@@ -56,9 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.normalize = "auto"            # auto | none | explicit
   c.normalize_mean = ()           # per channel; set only with normalize='explicit'
   c.normalize_std = ()
-  c.augment = "none"              # comma-separated: crop, flip, cutout
+  c.augment = "none"              # comma-separated: crop, flip, cutout, rotate, scale
   c.crop_padding = 4
   c.cutout_size = 8               # side of the square that `cutout` zeroes (the mean)
+  c.rotate_degrees = 15.0         # rotate: by a random angle in [-this, this] degrees
+  c.scale_range = (0.9, 1.1)      # scale: by a random factor in [low, high] (> 1 zooms in)
   # Zhang et al. 2017 corruptions, seeded by `seed`, applied on the host at load time.
   c.label_corruption = 0.0        # this fraction of train labels -> uniform random class
   c.input_corruption = "none"     # none | shuffled_pixels | random_pixels | gaussian
@@ -171,6 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "platform", runtime.PLATFORMS)
   _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
   preprocess.parse_augment(config.augment)
+  _check_affine_augmentation(config)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)
   for key in ("label_corruption",):
@@ -241,6 +244,16 @@ def _check_download_mirror(config) -> None:
     if url.strip() and not url.strip().startswith(("http://", "https://")):
       raise errors.ConfigError(f"config.download_mirror: {url.strip()!r} is not an http:// or "
                                "https:// URL (comma-separate several mirrors).")
+
+
+def _check_affine_augmentation(config) -> None:
+  if not 0 <= config.rotate_degrees <= 180:
+    raise errors.ConfigError(f"config.rotate_degrees={config.rotate_degrees} must be in "
+                             "[0, 180].")
+  scale = tuple(config.scale_range)
+  if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+    raise errors.ConfigError(f"config.scale_range={scale} must be (low, high) with "
+                             "0 < low <= high, e.g. (0.9, 1.1).")
 
 
 def _check_cross_validation(config) -> None:
