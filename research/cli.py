@@ -61,7 +61,8 @@ def main(config_file: str, hooks: loop.Hooks | None = None) -> None:
   flags.DEFINE_integer("cv_folds", None, "Sweeps: K-fold cross-validation, K runs per "
                        "point and seed, each validating on its own stratified fold of the "
                        "training split (config.cv_fold); results are mean ± std over "
-                       "them.", lower_bound=2)
+                       "them. Give it again with --print-commands and --aggregate-only.",
+                       lower_bound=2)
   flags.DEFINE_string("grid", None, "Sweeps: a grid of overrides as JSON, e.g. "
                       '\'{"weight_decay": [0, 0.0005]}\'; replaces get_sweep()\'s points.')
   flags.DEFINE_integer("parallel", 1, "Sweeps: runs at a time, each its own process. With "

@@ -95,9 +95,12 @@ def affine_resample(images: jax.Array, angles: jax.Array, scales: jax.Array) -> 
     # scale (rows point down, so a counter-clockwise turn flips the sine's sign).
     cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
     source = (cos * rows + sin * cols + centre[0], cos * cols - sin * rows + centre[1])
-    channel = lambda plane: ndimage.map_coordinates(plane, source, order=1, cval=0.0)
-    resampled = jax.vmap(channel, in_axes=-1, out_axes=-1)(image.astype(jnp.float32))
-    return resampled.astype(image.dtype)
+
+    def resample_channel(plane):
+      return ndimage.map_coordinates(plane, source, order=1, mode="constant", cval=0.0)
+
+    planes = jax.vmap(resample_channel, in_axes=-1, out_axes=-1)
+    return planes(image.astype(jnp.float32)).astype(image.dtype)
 
   return jax.vmap(resample_one)(images, angles, scales)
 
@@ -118,7 +121,9 @@ def augment(key: jax.Array, images: jax.Array, ops: tuple[str, ...],
             crop_padding: int, cutout_size: int = 8, rotate_degrees: float = 0.0,
             scale_range: Sequence[float] = (1.0, 1.0)) -> jax.Array:
   crop_key, flip_key = jax.random.split(key)
-  if "rotate" in ops or "scale" in ops:   # first, on the whole image; folded in as cutout
+  # Rotate and scale go first, on the whole image. Their key is folded in (as cutout's
+  # is), so that crop, flip and cutout draw exactly as before they existed.
+  if "rotate" in ops or "scale" in ops:
     images = random_rotate_scale(jax.random.fold_in(key, 3), images,
                                  rotate_degrees if "rotate" in ops else 0.0,
                                  scale_range if "scale" in ops else (1.0, 1.0))

@@ -36,8 +36,10 @@ def rows(jobs: Sequence["sweep_lib.Job"]) -> list[dict]:
     summary = job.summary()
     if summary is None:
       continue
-    row = {"point": job.point.label, "seed": job.seed,
-           **({} if job.fold is None else {"fold": job.fold}), "workdir": str(job.workdir)}
+    row = {"point": job.point.label, "seed": job.seed}
+    if job.fold is not None:
+      row["fold"] = job.fold
+    row["workdir"] = str(job.workdir)
     row.update({k: sweep_lib.format_value(v) for k, v in job.point.overrides.items()})
     row.update({k: summary.get(k) for k in METRICS})
     out.append(row)
