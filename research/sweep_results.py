@@ -18,13 +18,10 @@ import numpy as np
 from research import plots
 from research import sweep as sweep_lib
 
-METRICS = ("train_accuracy", "validation_accuracy", "test_accuracy", "generalization_gap",
-           "train_loss", "validation_loss", "test_loss", "steps", "epochs", "wall_time_s",
-           "stopped_early")
+METRICS = ("train_accuracy", "test_accuracy", "generalization_gap", "train_loss",
+           "test_loss", "steps", "epochs", "wall_time_s", "stopped_early")
 # (column title, summary key, scale, decimals) of results.md.
-TABLE = (("train acc (%)", "train_accuracy", 100, 2),
-         ("validation acc (%)", "validation_accuracy", 100, 2),
-         ("test acc (%)", "test_accuracy", 100, 2),
+TABLE = (("train acc (%)", "train_accuracy", 100, 2), ("test acc (%)", "test_accuracy", 100, 2),
          ("gap (points)", "generalization_gap", 100, 2), ("steps", "steps", 1, 0),
          ("wall (s)", "wall_time_s", 1, 0))
 
@@ -82,13 +79,11 @@ def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
                if any(k in s["point"].published for s in stats)]
   header = ["point", "runs" if cv_folds else "seeds", *(t for t, _, _, _ in TABLE),
             *(f"published {k.split('_')[0]} (%)" for k in published)]
-  finished = (f"runs (of {num_seeds} seed(s) x {cv_folds} cross-validation folds asked; "
-              "each run validates on its own fold of the training split)" if cv_folds
-              else f"seeds (of {num_seeds} asked)")
+  asked = f"{num_seeds} seed(s) x {cv_folds} folds" if cv_folds else num_seeds
   lines = [f"# {sweep.title or 'Sweep results'}", "",
-           f"Mean ± sample standard deviation over the finished {finished}. Train "
-           "accuracy is measured in inference mode on the training split as trained on "
-           "(corrupted labels included); gap = train - test accuracy.", "",
+           f"Mean ± sample standard deviation over the finished {header[1]} (of {asked} "
+           "asked). Train accuracy is measured in inference mode on the training split "
+           "as trained on (corrupted labels included); gap = train - test accuracy.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for s in stats:
     cells = [s["point"].label, str(s["n"])]

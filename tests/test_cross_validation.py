@@ -81,19 +81,19 @@ def test_plan_runs_every_fold_of_every_seed_and_reports_mean_and_std(tmp_path):
   assert [(j.config.seed, j.config.cv_folds, j.config.cv_fold) for j in jobs] == [
       (s, 3, f) for s in (0, 1) for f in range(3)]
   assert "--config.cv_folds=3" in jobs[4].argv and "--config.cv_fold=1" in jobs[4].argv
-  validation = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-  for job, accuracy in zip(jobs, validation):
+  test = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+  for job, accuracy in zip(jobs, test):
     job.workdir.mkdir(parents=True)
     (job.workdir / "summary.json").write_text(json.dumps(
-        {"train_accuracy": 1.0, "validation_accuracy": accuracy, "test_accuracy": 0.5}))
+        {"train_accuracy": 1.0, "test_accuracy": accuracy}))
   table = sweep_results.rows(jobs)
   assert [(r["seed"], r["fold"]) for r in table] == [(s, f) for s in (0, 1) for f in range(3)]
   sweep_results.write_markdown(sweep, sweep_results.per_point(sweep, table), 2,
                                tmp_path / "results.md", cv_folds=3)
   markdown = (tmp_path / "results.md").read_text()
-  cell = f"{100 * np.mean(validation):.2f} ± {100 * np.std(validation, ddof=1):.2f}"
-  assert "| p | 6 | 100.00 ± 0.00 | " + cell + " | 50.00 ± 0.00 |" in markdown, markdown
-  assert "2 seed(s) x 3 cross-validation folds" in markdown
+  cell = f"{100 * np.mean(test):.2f} ± {100 * np.std(test, ddof=1):.2f}"
+  assert "| p | 6 | 100.00 ± 0.00 | " + cell + " |" in markdown, markdown
+  assert "over the finished runs (of 2 seed(s) x 3 folds asked)" in markdown
 
 
 def test_cli_sweep_with_cv_folds_trains_each_fold_and_reports_mean_and_std(tiny_folder,
@@ -118,9 +118,10 @@ def test_cli_sweep_with_cv_folds_trains_each_fold_and_reports_mean_and_std(tiny_
     assert ": 18 train, 12 test;" in (run / "output.log").read_text()
     assert 18 * summary["validation_accuracy"] == pytest.approx(
         round(18 * summary["validation_accuracy"]))
-  validation = [100 * s["validation_accuracy"] for s in summaries]
-  cell = f"{np.mean(validation):.2f} ± {np.std(validation, ddof=1):.2f}"
+    assert f"validation {summary['validation_accuracy']:.2%}" in result.stdout
+  test = [100 * s["test_accuracy"] for s in summaries]
+  cell = f"{np.mean(test):.2f} ± {np.std(test, ddof=1):.2f}"
   assert f"| base | 2 | " in result.stdout and cell in result.stdout, result.stdout
-  assert "1 seed(s) x 2 cross-validation folds" in result.stdout
+  assert "(of 1 seed(s) x 2 folds asked)" in result.stdout
   with open(tmp_path / "sweep" / "results.csv") as f:
     assert [row["fold"] for row in csv.DictReader(f)] == ["0", "1"]
