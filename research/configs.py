@@ -33,6 +33,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.split_seed = 0                # the held-out split does not change with `seed`
   c.train_subset = 0              # train on this many examples (0 = all), seeded
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
+  # Train and test on these classes only, by index or name, relabelled 0..k-1 in the
+  # order given, before the validation split is carved: e.g. (3, 5) or ('cat', 'dog')
+  # is CIFAR-10's cat against dog. () = all.
+  c.classes = ()
   # Per-channel input normalisation (research/normalization.py), on pixels scaled to
   # [0, 1] (float data: as is). auto: the training split's mean and std, measured at
   # load; none: mean 0, std 1; explicit: the two keys below. The run's config.json
@@ -78,8 +82,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.lr_decay_factor = 0.1
   c.lr_step_epochs = ()          # epochs at which 'step' multiplies by lr_decay_factor
-  c.loss = "cross_entropy"
+  c.loss = "cross_entropy"         # cross_entropy | binary_cross_entropy (a one-unit
+                                  # sigmoid head for 2 classes; class 1 is the positive)
+                                  # | mse
   c.label_smoothing = 0.0
+  # Per-class weights of the training loss, for imbalanced data (eval losses are not
+  # weighted): '' (none) | 'balanced' (n_samples / (n_classes * count), counted on the
+  # training labels) | one number per class, comma-separated, e.g. '1,4.5'.
+  c.class_weights = ""
   # Run.
   c.batch_size = 128
   # Speed knobs; what each one gains, per platform: docs/performance.md.
@@ -118,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0    # 0 = not by steps
   c.checkpoint_every_epochs = 1   # 0 = not by epochs; the end of the run is always saved
   c.keep_checkpoints = 3          # the last K, plus the best by best_metric
-  c.best_metric = ""              # e.g. validation_accuracy, test_loss; '' = none
+  c.best_metric = ""              # e.g. validation_accuracy, validation_macro_f1,
+                                  # test_loss; '' = none
   c.best_mode = "auto"            # max | min | auto (max for accuracy, min for loss)
   c.early_stopping_patience = 0   # stop after this many evaluations without a new best
   c.restore_best = False          # report (summary.json, mode=eval) the best checkpoint
@@ -148,6 +159,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "optimizer", optim.OPTIMIZERS)
   _check_choice(config, "lr_schedule", optim.SCHEDULES)
   _check_choice(config, "loss", losses.LOSSES)
+  if config.class_weights not in ("", "balanced"):
+    losses.parse_class_weights(config.class_weights)
+  _check_classes(config.classes)
   _check_choice(config, "data_source", DATA_SOURCES)
   _check_choice(config, "cpu_convolutions", xla_cpu.CONVOLUTION_LIBRARIES)
   _check_choice(config, "platform", runtime.PLATFORMS)
@@ -186,6 +200,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   normalization.validate(config)
 
 
+def _check_classes(classes) -> None:
+  """Indices (>= 0) or names, at least two, none repeated; checked against the data at
+  load."""
+  if not classes:
+    return
+  valid = all((isinstance(c, int) and not isinstance(c, bool) and c >= 0)
+              or (isinstance(c, str) and c) for c in classes)
+  if not valid or len(classes) < 2 or len(set(classes)) != len(classes):
+    raise errors.ConfigError(
+        f"config.classes={tuple(classes)!r} must name two or more distinct classes by "
+        "index or name, e.g. (3, 5) or ('cat', 'dog'); () for all.")
+
+
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:
   """config.model_kwargs plus the top-level model knobs that are set (not at their
   sentinel), checked against what the model's constructor accepts."""
@@ -208,13 +235,16 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
   return kwargs
 
 
+# What config.best_metric may name: a split's evaluation record (research/training/loop.py).
+BEST_METRICS = tuple(f"{split}_{key}" for split in ("validation", "test")
+                     for key in ("accuracy", "loss", "macro_f1"))
+
+
 def _check_best_metric(config) -> None:
   metric = config.best_metric
-  if metric and metric not in ("validation_accuracy", "validation_loss", "test_accuracy",
-                               "test_loss"):
-    raise errors.ConfigError(
-        f"config.best_metric={metric!r} must be one of validation_accuracy, "
-        "validation_loss, test_accuracy, test_loss (or '' for none).")
+  if metric and metric not in BEST_METRICS:
+    raise errors.ConfigError(f"config.best_metric={metric!r} must be one of "
+                             f"{', '.join(BEST_METRICS)} (or '' for none).")
   if metric.startswith("validation") and not config.validation_size:
     raise errors.ConfigError(f"config.best_metric={metric!r} needs a validation split: "
                              "set config.validation_size.")

@@ -3,6 +3,7 @@ cache it, and carve the validation split."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import hashlib
 import logging
 import os
@@ -11,6 +12,7 @@ import sys
 import time
 
 from research.data import cache as cache_lib
+from research.data import classes as classes_lib
 from research.data import formats, locate, mnist1d, splits, tfds_source
 from research.data.idx import FASHION_MNIST_CLASSES
 from research.data.types import (DATA_DIR_ENV, DataError, DataNotFoundError, Dataset, Decoded)
@@ -26,7 +28,7 @@ _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
 
 def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto",
                  validation_size: float | int = 0, split_seed: int = 0,
-                 cache: bool = True) -> Dataset:
+                 cache: bool = True, classes: Sequence[int | str] = ()) -> Dataset:
   """Loads a whole dataset into memory as uint8 images (float32 for mnist1d) and int32
   labels.
 
@@ -40,6 +42,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
   validation_size: fraction in (0, 1) or count of train examples held out (stratified,
     seeded by split_seed); 0 for no validation split.
   cache: keep decoded arrays in $RESEARCH_CACHE_DIR (default ~/.cache/research/datasets).
+  classes: keep only these classes (indices or names), relabelled 0..k-1 in this order,
+    before the validation split is carved; () keeps all.
   """
   if source not in SOURCES:
     raise DataError(f"source={source!r} must be one of {SOURCES}")
@@ -51,7 +55,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
       raise DataError("dataset 'mnist1d' is generated locally by the mnist1d package, not "
                       "read from tensorflow-datasets: use source='auto' or 'local' "
                       "(--config.data_source=auto).")
-    return _finish(name, mnist1d.generate(), validation_size, split_seed)
+    return _finish(name, mnist1d.generate(), validation_size, split_seed, classes)
   is_folder = name == "folder"
   explicit_dir = os.fspath(data_dir) if data_dir else None
   tried, tfds_reasons = [], []
@@ -78,12 +82,13 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
 
   if loaded is None:
     raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons, is_folder))
-  return _finish(name, loaded, validation_size, split_seed)
+  return _finish(name, loaded, validation_size, split_seed, classes)
 
 
 def _finish(name: str, loaded: tuple[Decoded, str], validation_size: float | int,
-            split_seed: int) -> Dataset:
+            split_seed: int, classes: Sequence[int | str]) -> Dataset:
   decoded, where = loaded
+  decoded = classes_lib.select(decoded, classes)
   train, validation = splits.carve_validation(decoded.train, validation_size, split_seed)
   return Dataset(name=name, train=train, validation=validation, test=decoded.test,
                  class_names=decoded.class_names, source=where)

@@ -17,10 +17,12 @@ def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
 
 
 def load_full(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
-  """The whole dataset that `config` names, with its validation split carved out."""
+  """The whole dataset that `config` names (its `config.classes`), with its validation
+  split carved out."""
   return data_lib.load_dataset(
       config.dataset, config.data_dir or None, source=config.data_source,
-      validation_size=config.validation_size, split_seed=config.split_seed)
+      validation_size=config.validation_size, split_seed=config.split_seed,
+      classes=tuple(config.classes))
 
 
 def select(config: ml_collections.ConfigDict,
