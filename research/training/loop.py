@@ -403,7 +403,7 @@ def _evaluate_epoch(run: Run, epoch: int) -> bool:
                      f"{100 * gap:.2f} points")
   if not config.best_metric:
     return False
-  split, key = config.best_metric.rsplit("_", 1)
+  split, key = config.best_metric.split("_", 1)
   return tp.update_best(config.best_metric, records[split][key], int(run.state.step),
                         configs.best_mode(config), config.early_stopping_patience)
 
