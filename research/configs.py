@@ -82,9 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.lr_decay_factor = 0.1
   c.lr_step_epochs = ()          # epochs at which 'step' multiplies by lr_decay_factor
-  c.loss = "cross_entropy"         # cross_entropy | binary_cross_entropy (a one-unit
-                                  # sigmoid head for 2 classes; class 1 is the positive)
-                                  # | mse
+  # cross_entropy | mse | binary_cross_entropy: one sigmoid output unit for 2 classes
+  # (class 1 is the positive; predicted where the logit is > 0).
+  c.loss = "cross_entropy"
   c.label_smoothing = 0.0
   # Per-class weights of the training loss, for imbalanced data (eval losses are not
   # weighted): '' (none) | 'balanced' (n_samples / (n_classes * count), counted on the

@@ -70,7 +70,7 @@ def plot_confusion_matrices(workdir: str | os.PathLike, matrices: dict,
   labelled with its count."""
   plt = pyplot()
   n = len(class_names)
-  side = min(12, max(3.5, 0.45 * n + 2))
+  side = min(12, max(4.5, 0.45 * n + 2))
   fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side),
                            squeeze=False)
   for ax, (split, matrix) in zip(axes[0], matrices.items()):
