@@ -54,13 +54,17 @@ def plot_learning_curves(workdir: str | os.PathLike, title: str = "") -> epath.P
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()
+  return _write_figure(fig, title, epath.Path(workdir) / "curves.png")
+
+
+def _write_figure(fig, title: str, path: epath.Path) -> epath.Path:
+  """Titles, lays out, saves and closes `fig`."""
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  out = epath.Path(workdir) / "curves.png"
-  save_png(fig, out)
-  plt.close(fig)
-  return out
+  save_png(fig, path)
+  pyplot().close(fig)
+  return path
 
 
 def plot_confusion_matrices(workdir: str | os.PathLike, matrices: dict,
@@ -87,10 +91,4 @@ def plot_confusion_matrices(workdir: str | os.PathLike, matrices: dict,
     ax.set_yticks(ticks, [class_names[i] for i in ticks], fontsize=8)
     ax.set(xlabel="predicted class", ylabel="true class",
            title=f"{split} ({counts.sum()} examples)")
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  out = epath.Path(workdir) / "confusion_matrix.png"
-  save_png(fig, out)
-  plt.close(fig)
-  return out
+  return _write_figure(fig, title, epath.Path(workdir) / "confusion_matrix.png")

@@ -114,15 +114,21 @@ def test_class_weights_from_the_config():
       configs.validate(c)
 
 
+@pytest.fixture(scope="module")
+def one_unit_state():
+  model = create_model("mlp", input_shape=(3, 3, 1), num_classes=1, seed=0, widths=(8,))
+  return create_train_state(model, optax.sgd(0.0))
+
+
 @pytest.mark.parametrize("micro_batch_size", [0, 2])
-def test_the_weighted_binary_train_step_reports_the_hand_computed_loss(micro_batch_size):
+def test_the_weighted_binary_train_step_reports_the_hand_computed_loss(one_unit_state,
+                                                                       micro_batch_size):
   """The step's loss is the batch mean of weight x loss from the one-unit head's logits,
   with micro-batches too; its accuracy counts logit > 0 as class 1."""
   c = configs.base_config()
   c.loss, c.batch_size, c.micro_batch_size = "binary_cross_entropy", 4, micro_batch_size
   c.normalize_mean, c.normalize_std = (0.0,), (1.0,)
-  model = create_model("mlp", input_shape=(3, 3, 1), num_classes=1, seed=0, widths=(8,))
-  state = create_train_state(model, optax.sgd(0.0))
+  state = one_unit_state
   images = jax.random.uniform(jax.random.key(1), (4, 3, 3, 1))
   labels = jnp.array([0, 1, 1, 1])
   cfg = step.StepConfig.from_config(c, 1, class_weights=(3.0, 1.0))
