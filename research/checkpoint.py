@@ -193,12 +193,33 @@ class Checkpoints:
       try:
         return self.restore(step, state)
       except Exception as e:  # pylint: disable=broad-except
-        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-        moved = self._quarantine(step) if quarantine else None
-        print(f"warning: checkpoint {self.path(step)} is unreadable and was skipped "
-              f"({reason})" + (f"; moved to {moved}" if moved else ""),
-              file=sys.stderr, flush=True)
+        self._skipped(step, e, self._quarantine(step) if quarantine else None)
     return None
+
+  def restore_weights_of_best(self, target: dict) -> tuple[int, dict] | None:
+    """(step, `restore_weights`) of the best checkpoint that the newest readable progress
+    record names, else of the newest checkpoint that restores; skips (with a warning)
+    any that do not. None if there is none."""
+    steps = self.steps()
+    best = None
+    for step in reversed(steps):
+      try:
+        best = (self.read_progress(step).get("best") or {}).get("step")
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        self._skipped(step, e)
+    for step in dict.fromkeys(([best] if best in steps else []) + steps[::-1]):
+      try:
+        return step, self.restore_weights(step, target)
+      except Exception as e:  # pylint: disable=broad-except
+        self._skipped(step, e)
+    return None
+
+  def _skipped(self, step: int, e: Exception, moved: epath.Path | None = None) -> None:
+    reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    print(f"warning: checkpoint {self.path(step)} is unreadable and was skipped "
+          f"({reason})" + (f"; moved to {moved}" if moved else ""),
+          file=sys.stderr, flush=True)
 
   def _quarantine(self, step: int) -> epath.Path:
     target = self.directory.with_name(self.directory.name + ".unreadable") / str(step)
@@ -210,6 +231,24 @@ class Checkpoints:
     self.path(step).rename(target)
     self._manager.reload()
     return target
+
+  def read_progress(self, step: int) -> dict:
+    """The loop's progress record saved with step `step` (its best-so-far, ...)."""
+    self.wait()
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        progress=ocp.args.JsonRestore()))
+    return dict(restored["progress"])
+
+  def restore_weights(self, step: int, target: dict) -> dict:
+    """The parts of step `step`'s state that `target` names (e.g. params and
+    batch_stats, as abstract arrays with the shardings to restore onto); the rest, such
+    as the optimiser state, is not read. So a model is rebuilt for inference without its
+    optimiser, on any devices, whatever devices saved it."""
+    self.wait()
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(self.path(step) / "state", args=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True))
 
   def read_arrays(self, step: int) -> dict:
     """The saved train state of `step` as host arrays, for inspection and tests."""

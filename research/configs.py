@@ -17,7 +17,8 @@ from research import xla_cpu
 from research.models import MODELS
 from research.models import accepts
 
-DATA_SOURCES = ("auto", "local", "tfds")
+DATA_SOURCES = ("auto", "local", "tfds", "download")
+ON_BAD_IMAGE = ("error", "skip")
 BATCH_NORM = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ASYNC_CHECKPOINTS = ("auto", "on", "off")
@@ -27,8 +28,13 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data.
   c.dataset = "mnist"
-  c.data_dir = ""                 # '' -> $RESEARCH_DATA_DIR, then tfds
-  c.data_source = "auto"          # auto | local | tfds
+  c.data_dir = ""                 # '' -> $RESEARCH_DATA_DIR, then tfds, then a download
+  # auto: local files, an earlier download, tfds, a download | local | tfds | download
+  c.data_source = "auto"
+  # Base URL(s), comma-separated, of a mirror holding <dataset>/<file> of the original
+  # distributions (research/data/download.py); '' -> $RESEARCH_DOWNLOAD_MIRROR, then the
+  # canonical sources. The published md5 sums are checked either way.
+  c.download_mirror = ""
   c.validation_size = 0.0         # fraction (<1) or count of train examples held out
   c.split_seed = 0                # the held-out split does not change with `seed`
   c.train_subset = 0              # train on this many examples (0 = all), seeded
@@ -37,6 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
   # order given, before the validation split is carved: e.g. (3, 5) or ('cat', 'dog')
   # is CIFAR-10's cat against dog. () = all.
   c.classes = ()
+  # Images as files come (docs/own_data.md): resized on load with an antialiasing filter
+  # (PIL bilinear, as torchvision's Resize), part of the decode cache's key.
+  c.image_size = ()               # (height, width); () = as stored (all the same size)
+  c.channels = 0                  # 1 (grayscale) | 3 (RGB) | 0 = as the data holds
+  c.on_bad_image = "error"        # error | skip: a file that does not decode, named either way
   # Per-channel input normalisation (research/normalization.py), on pixels scaled to
   # [0, 1] (float data: as is). auto: the training split's mean and std, measured at
   # load; none: mean 0, std 1; explicit: the two keys below. The run's config.json
@@ -163,6 +174,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     losses.parse_class_weights(config.class_weights)
   _check_classes(config.classes)
   _check_choice(config, "data_source", DATA_SOURCES)
+  _check_download_mirror(config)
+  _check_images(config)
   _check_choice(config, "cpu_convolutions", xla_cpu.CONVOLUTION_LIBRARIES)
   _check_choice(config, "platform", runtime.PLATFORMS)
   _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
@@ -213,6 +226,15 @@ def _check_classes(classes) -> None:
         "index or name, e.g. (3, 5) or ('cat', 'dog'); () for all.")
 
 
+def _check_images(config) -> None:
+  size = config.image_size
+  if size and (len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size)):
+    raise errors.ConfigError(f"config.image_size={size!r} must be (height, width), two "
+                             "positive integers, or () to keep the stored size.")
+  _check_choice(config, "channels", (0, 1, 3))
+  _check_choice(config, "on_bad_image", ON_BAD_IMAGE)
+
+
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:
   """config.model_kwargs plus the top-level model knobs that are set (not at their
   sentinel), checked against what the model's constructor accepts."""
@@ -233,6 +255,13 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
                                f"{config.model!r}; leave it at its default.")
     kwargs[key] = value
   return kwargs
+
+
+def _check_download_mirror(config) -> None:
+  for url in config.download_mirror.split(","):
+    if url.strip() and not url.strip().startswith(("http://", "https://")):
+      raise errors.ConfigError(f"config.download_mirror: {url.strip()!r} is not an http:// or "
+                               "https:// URL (comma-separate several mirrors).")
 
 
 # What config.best_metric may name: a split's evaluation record (research/training/loop.py).

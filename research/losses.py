@@ -62,11 +62,12 @@ def predictions(name: str, logits: jax.Array) -> jax.Array:
 
 
 def probabilities(name: str, logits: jax.Array) -> jax.Array:
-  """(N, classes) class probabilities: for the one-unit head, (1 - p, p) with p its
-  sigmoid."""
+  """(N, classes) class probabilities: a softmax over the logits; for the one-unit head,
+  sigmoid(z) for class 1 and sigmoid(-z) (that is 1 - sigmoid(z), without the rounding)
+  for class 0."""
   if name == BINARY:
-    p = jax.nn.sigmoid(logits[..., 0])
-    return jnp.stack([1 - p, p], axis=-1)
+    z = logits[..., 0]
+    return jnp.stack([jax.nn.sigmoid(-z), jax.nn.sigmoid(z)], axis=-1)
   return jax.nn.softmax(logits, axis=-1)
 
 

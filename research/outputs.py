@@ -1,4 +1,5 @@
-"""What a run leaves in its workdir: config.json, metrics.jsonl and summary.json.
+"""What a run leaves in its workdir: config.json, data.json, metrics.jsonl and
+summary.json.
 
 A workdir is a local path or a URL (`gs://bucket/dir`, or any scheme that `etils.epath`
 serves). Every read and write goes through `epath`, so a URL is never turned into a local
@@ -183,6 +184,20 @@ class RunDir:
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     if self.writes:
       _write_atomic(self.path / "config.json", config.to_json_best_effort(indent=2) + "\n")
+
+  def write_data_info(self, dataset) -> None:
+    """data.json: the class names (in label order) and the shape and dtype of one image,
+    so that research.predict and research.export rebuild the model without the data."""
+    if self.writes:
+      _write_atomic(self.path / "data.json", json.dumps(
+          {"dataset": dataset.name, "source": dataset.source,
+           "class_names": list(dataset.class_names),
+           "image_shape": list(dataset.image_shape),
+           "image_dtype": str(dataset.train.images.dtype)}, indent=2) + "\n")
+
+  def read_data_info(self) -> dict | None:
+    path = self.path / "data.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
   def log_metrics(self, record: dict) -> None:
     """Appends a line; on a URL, rewrites the (small) file, as object stores cannot

@@ -38,3 +38,11 @@ def tiny_folder(tmp_path, monkeypatch) -> pathlib.Path:
   splits = {"train": synthetic_data.make_arrays(3, 12, (16, 16, 1), seed=0),
             "test": synthetic_data.make_arrays(3, 4, (16, 16, 1), seed=1)}
   return synthetic_data.write_image_tree(tmp_path / "tiny", splits, ["a", "b", "c"])
+
+
+@pytest.fixture(autouse=True)
+def _no_dataset_downloads(monkeypatch):
+  """No test downloads a real dataset: where one would (data_source auto or download with
+  no local copy), the mirror is a local port that refuses the connection at once. Tests of
+  the download set their own mirror."""
+  monkeypatch.setenv("RESEARCH_DOWNLOAD_MIRROR", "http://127.0.0.1:9/")

@@ -11,6 +11,7 @@ import io
 import pathlib
 import pickle
 import tarfile
+import zipfile
 
 import numpy as np
 from PIL import Image
@@ -139,4 +140,61 @@ def write_tar_of_files(archive: pathlib.Path, folder_name: str, files: dict[str,
   with tarfile.open(archive, mode) as tar:
     for name, data in files.items():
       add_bytes(tar, f"{folder_name}/{name}", data)
+  return archive
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def rotated_jpeg(width: int = 20, height: int = 10) -> bytes:
+  """A JPEG stored left red / right blue, with EXIF Orientation 6 (the camera was turned
+  90 degrees clockwise): shown upright, it is `height` wide, red on top, blue below."""
+  pixels = np.zeros((height, width, 3), np.uint8)
+  pixels[:, :width // 2, 0] = 255
+  pixels[:, width // 2:, 2] = 255
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation
+  return encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif)
+
+
+def mixed_mode_images(seed: int = 0) -> dict[str, bytes]:
+  """File name -> bytes: one image per mode people's folders hold (grayscale, RGB, RGBA,
+  palette with transparency, LA, 16-bit, grayscale JPEG, EXIF-rotated JPEG), each of a
+  different size."""
+  rng = np.random.default_rng(seed)
+  def noise(height, width, *channels):
+    return rng.integers(0, 256, (height, width, *channels), dtype=np.uint8)
+  rgba = noise(9, 13, 4)
+  rgba[0, 0, 3] = 0  # one transparent pixel
+  palette = Image.fromarray(noise(7, 5, 3)).convert("P", palette=Image.Palette.ADAPTIVE)
+  palette.info["transparency"] = 0
+  sixteen = rng.integers(0, 65536, (12, 10), dtype=np.uint16)
+  return {
+      "gray.png": encode(Image.fromarray(noise(6, 8))),
+      "rgb.png": encode(Image.fromarray(noise(16, 12, 3))),
+      "rgba.png": encode(Image.fromarray(rgba, "RGBA")),
+      "palette.png": encode(palette),
+      "la.png": encode(Image.fromarray(noise(11, 4, 2), "LA")),
+      "sixteen.png": encode(Image.fromarray(sixteen)),
+      "gray.jpg": encode(Image.fromarray(noise(20, 30)), "JPEG"),
+      "rotated.jpg": rotated_jpeg(),
+      "rgb.bmp": encode(Image.fromarray(noise(5, 5, 3)), "BMP"),
+  }
+
+
+def write_zip(source: pathlib.Path, archive: pathlib.Path, prefix: str = "",
+              macos_metadata: bool = False) -> pathlib.Path:
+  """Zips the files under `source` as people share image datasets; macos_metadata adds the
+  __MACOSX/ resource forks that Finder puts beside every file."""
+  with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zip_file:
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+      rel = path.relative_to(source).as_posix()
+      name = f"{prefix}/{rel}" if prefix else rel
+      zip_file.write(path, name)
+      if macos_metadata:
+        folder, _, base = name.rpartition("/")
+        zip_file.writestr(f"__MACOSX/{folder}/._{base}", b"\x00\x05\x16\x07 not an image")
   return archive

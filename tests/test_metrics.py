@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from research import configs, errors, losses, metrics, sweep as sweep_lib, sweep_results
+from research import configs, errors, inference, losses, metrics
+from research import sweep as sweep_lib, sweep_results
 from research.data import DataError, load_dataset
 from research.models import create_model
 from research.training import loop, step
@@ -219,13 +220,13 @@ def test_binary_run_end_to_end_on_mnist_0_against_1(data_dir, tmp_path):
   """A one-unit sigmoid head on MNIST 0 vs 1 with balanced class weights, validated every
   epoch and choosing its best checkpoint on validation F1: the metrics land in
   summary.json and metrics.jsonl, the confusion matrix is drawn, and the checkpoint
-  re-evaluates to the same numbers."""
+  re-evaluates to the same numbers, in the run and in research.predict's model."""
   c = configs.base_config()
   c.dataset, c.data_dir, c.classes = "mnist", str(data_dir), (0, 1)
   c.loss, c.class_weights, c.label_smoothing = "binary_cross_entropy", "balanced", 0.1
   c.model_kwargs.widths = (16,)
   c.train_subset, c.validation_size, c.batch_size, c.num_epochs = 600, 0.1, 50, 2
-  c.best_metric, c.progress = "validation_macro_f1", False
+  c.best_metric, c.restore_best, c.progress = "validation_macro_f1", True, False
   workdir = tmp_path / "run"
   state, summary = loop.run_training(c, str(workdir))
   assert {x.shape for x in jax.tree.leaves(state.params["head"])} == {(16, 1), (1,)}
@@ -250,3 +251,8 @@ def test_binary_run_end_to_end_on_mnist_0_against_1(data_dir, tmp_path):
   again = loop.train_and_evaluate(c, str(workdir))
   assert again["test_accuracy"] == summary["test_accuracy"]
   assert again["test_roc_auc"] == summary["test_roc_auc"]
+  # research.predict's model: two probabilities from the one unit.
+  test = load_dataset("mnist", data_dir, classes=(0, 1)).test
+  probs = np.asarray(inference.restore(workdir)(test.images)["probabilities"])
+  np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
+  assert np.mean(probs.argmax(axis=1) == test.labels) == summary["test_accuracy"]

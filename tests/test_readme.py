@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 
 DOCS = ("README.md", "docs/studies/README.md", "docs/performance.md",
-        "docs/several_hosts.md", "docs/binary_tasks.md")
+        "docs/several_hosts.md", "docs/data.md", "docs/binary_tasks.md")
 
 
 def commands(text: str) -> list[list[str]]:

@@ -19,7 +19,8 @@ from research.data.types import CACHE_DIR_ENV, Decoded, Split
 log = logging.getLogger(__name__)
 
 # Bump when a reader's output changes for the same input, so old caches are not reused.
-CACHE_VERSION = 1
+# 2: images are resized/converted per config, alpha on white, 16-bit scaled, EXIF applied.
+CACHE_VERSION = 2
 
 
 def cache_dir() -> pathlib.Path:
@@ -43,7 +44,8 @@ def load(path: pathlib.Path) -> tuple[Decoded, str] | None:
       decoded = Decoded(
           Split(arrays["train_images"], arrays["train_labels"]),
           Split(arrays["test_images"], arrays["test_labels"]),
-          tuple(str(c) for c in arrays["class_names"]))
+          tuple(str(c) for c in arrays["class_names"]),
+          tuple(str(w) for w in arrays["skipped"]))
       description = str(arrays["description"])
   except Exception as e:  # truncated zip, missing key, wrong dtype...: rebuild it
     log.warning("ignoring unreadable dataset cache %s (%s: %s); decoding the source again",
@@ -63,6 +65,7 @@ def save(path: pathlib.Path, decoded: Decoded, description: str) -> None:
       np.savez(f, train_images=decoded.train.images, train_labels=decoded.train.labels,
                test_images=decoded.test.images, test_labels=decoded.test.labels,
                class_names=np.array(decoded.class_names, dtype=str),
+               skipped=np.array(decoded.skipped, dtype=str),
                description=np.array(description))
     os.replace(tmp, path)
     tmp = None

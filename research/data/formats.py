@@ -8,16 +8,17 @@ import hashlib
 import os
 import pathlib
 import tarfile
+import zipfile
 
 from research.data import cifar, idx
-from research.data.archives import is_tar_name, read_tar
-from research.data.images import find_tree_root, image_files, read_image_folder
+from research.data.archives import is_tar_name, is_zip_name, read_tar, read_zip
+from research.data.images import ImageOptions, find_tree_root, image_files, read_image_folder
 from research.data.types import CorruptDataError, Decoded
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-  kind: str             # "tar" | "image_dir" | "idx_dir" | "cifar_dir"
+  kind: str             # "tar" | "zip" | "image_dir" | "idx_dir" | "cifar_dir"
   path: pathlib.Path    # the archive, or the folder that holds the files
   detail: str = ""      # the CIFAR variant for "cifar_dir"
 
@@ -25,12 +26,7 @@ class Format:
 def detect(path: pathlib.Path, depth: int = 1) -> Format | None:
   """The layout at `path`, or None if it is not a dataset this loader can read."""
   if path.is_file():
-    if is_tar_name(path):
-      return Format("tar", path)
-    try:
-      return Format("tar", path) if tarfile.is_tarfile(path) else None
-    except OSError:
-      return None
+    return _detect_archive(path)
   if not path.is_dir():
     return None
   root = find_tree_root(path)
@@ -49,6 +45,20 @@ def detect(path: pathlib.Path, depth: int = 1) -> Format | None:
   return None
 
 
+def _detect_archive(path: pathlib.Path) -> Format | None:
+  """By the name first; a file without a known suffix by its content."""
+  if is_tar_name(path):
+    return Format("tar", path)
+  if is_zip_name(path):
+    return Format("zip", path)
+  try:
+    if tarfile.is_tarfile(path):
+      return Format("tar", path)
+    return Format("zip", path) if zipfile.is_zipfile(path) else None
+  except OSError:
+    return None
+
+
 def _files(fmt: Format) -> list[pathlib.Path]:
   if fmt.kind == "image_dir":
     return [p for _, _, p in image_files(fmt.path)]
@@ -64,7 +74,7 @@ def fingerprint(fmt: Format) -> str:
   archives of tens of MB); a folder of many files by relative path, size and mtime, which is what
   changes when a file is replaced, without reading 60k files."""
   digest = hashlib.sha256(f"{fmt.kind}\0{fmt.detail}\0".encode())
-  if fmt.kind == "tar":
+  if fmt.kind in ("tar", "zip"):
     with open(fmt.path, "rb") as f:
       while chunk := f.read(1 << 20):
         digest.update(chunk)
@@ -82,12 +92,16 @@ def _blob(path: pathlib.Path) -> tuple[bytes, str]:
     raise CorruptDataError(f"cannot read {path}: {e}") from e
 
 
-def read(fmt: Format, idx_class_names: tuple[str, ...] | None) -> tuple[Decoded, str]:
-  """(decoded data, a description of the layout, for Dataset.source)."""
+def read(fmt: Format, idx_class_names: tuple[str, ...] | None,
+         options: ImageOptions = ImageOptions()) -> tuple[Decoded, str]:
+  """(decoded data, a description of the layout, for Dataset.source). `options` apply to
+  image files; the loader converts the other layouts' arrays afterwards."""
   if fmt.kind == "tar":
-    return read_tar(fmt.path, idx_class_names)
+    return read_tar(fmt.path, idx_class_names, options)
+  if fmt.kind == "zip":
+    return read_zip(fmt.path, idx_class_names, options)
   if fmt.kind == "image_dir":
-    return read_image_folder(fmt.path), "image folder"
+    return read_image_folder(fmt.path, options), "image folder"
   if fmt.kind == "idx_dir":
     files = idx.find_idx_files(fmt.path)
     blobs = {role: _blob(path) for role, path in files.items()}

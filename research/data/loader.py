@@ -1,9 +1,10 @@
-"""`load_dataset`: find the data (local files, then tensorflow-datasets), decode it once,
-cache it, and carve the validation split."""
+"""`load_dataset`: find the data (local files, then tensorflow-datasets, then a download of
+the original distribution), decode it once, cache it, and carve the validation split."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 import hashlib
 import logging
 import os
@@ -13,13 +14,14 @@ import time
 
 from research.data import cache as cache_lib
 from research.data import classes as classes_lib
-from research.data import formats, locate, mnist1d, splits, tfds_source
+from research.data import download, formats, images, locate, mnist1d, splits, tfds_source
 from research.data.idx import FASHION_MNIST_CLASSES
-from research.data.types import (DATA_DIR_ENV, DataError, DataNotFoundError, Dataset, Decoded)
+from research.data.types import (DATA_DIR_ENV, DOWNLOAD_MIRROR_ENV, DataError,
+                                 DataNotFoundError, Dataset, Decoded)
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "local", "tfds")
+SOURCES = ("auto", "local", "tfds", "download")
 KNOWN = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 # IDX files carry no class names; these are the published ones.
 _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
@@ -28,7 +30,10 @@ _IDX_CLASS_NAMES = {"mnist": tuple(str(i) for i in range(10)),
 
 def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto",
                  validation_size: float | int = 0, split_seed: int = 0,
-                 cache: bool = True, classes: Sequence[int | str] = ()) -> Dataset:
+                 cache: bool = True, image_size: tuple[int, int] | None = None,
+                 channels: int | None = None, on_bad_image: str = "error",
+                 remote: download.Remote | None = None,
+                 classes: Sequence[int | str] = ()) -> Dataset:
   """Loads a whole dataset into memory as uint8 images (float32 for mnist1d) and int32
   labels.
 
@@ -38,15 +43,31 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     as a folder/archive in data_dir.
   data_dir: a folder holding datasets by name, or the dataset's own folder/archive;
     defaults to $RESEARCH_DATA_DIR.
-  source: "auto" (local files if found, else tensorflow-datasets), "local" or "tfds".
+  source: "auto" (local files if found, else an earlier download, else tensorflow-datasets,
+    else a download), "local", "tfds" or "download" (mnist, fashion_mnist, cifar10, cifar100
+    from their original distributions; research/data/download.py).
   validation_size: fraction in (0, 1) or count of train examples held out (stratified,
     seeded by split_seed); 0 for no validation split.
   cache: keep decoded arrays in $RESEARCH_CACHE_DIR (default ~/.cache/research/datasets).
+    Downloads are kept in its downloads/ folder either way.
+  remote: where to download from and the md5 sums to expect; default
+    `download.remote(name)`: the published files, from $RESEARCH_DOWNLOAD_MIRROR or the
+    canonical sources.
+  image_size: (height, width) every image is resized to, with an antialiasing filter;
+    None keeps the stored size (then all images must have the same size).
+  channels: 1 (grayscale) or 3 (RGB); None takes them from the data.
+  on_bad_image: "error" refuses a file that does not decode, "skip" leaves it out with a
+    warning; both name the file.
   classes: keep only these classes (indices or names), relabelled 0..k-1 in this order,
     before the validation split is carved; () keeps all.
   """
   if source not in SOURCES:
     raise DataError(f"source={source!r} must be one of {SOURCES}")
+  try:
+    options = images.ImageOptions(tuple(image_size) if image_size else None, channels or None,
+                                  on_bad_image)
+  except ValueError as e:
+    raise DataError(str(e)) from e
   if validation_size != 0:
     splits.validation_count(validation_size, sys.maxsize)  # fail on a bad value before decoding
   name = locate.canonical_name(name)
@@ -55,11 +76,16 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
       raise DataError("dataset 'mnist1d' is generated locally by the mnist1d package, not "
                       "read from tensorflow-datasets: use source='auto' or 'local' "
                       "(--config.data_source=auto).")
+    if options.size or options.channels:
+      raise DataError("dataset 'mnist1d' holds 1-D sequences, not images: leave "
+                      "config.image_size and config.channels unset.")
     return _finish(name, mnist1d.generate(), validation_size, split_seed, classes)
   is_folder = name == "folder"
   explicit_dir = os.fspath(data_dir) if data_dir else None
-  tried, tfds_reasons = [], []
+  tried, tfds_reasons, download_reasons = [], [], []
   loaded = None
+  remote = remote or download.remote(name)
+  can_download = source in ("auto", "download") and remote is not None
 
   if source in ("auto", "local"):
     local_dir = explicit_dir or os.environ.get(DATA_DIR_ENV)
@@ -67,27 +93,45 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
       search = locate.find(name, pathlib.Path(local_dir).expanduser(), look_inside=not is_folder)
       tried += search.tried
       if search.found is not None:
-        loaded = _load_local(search.found, name, cache)
+        loaded = _load_local(search.found, name, cache, options)
     else:
       tried.append(f"no local folder: neither the data_dir argument nor ${DATA_DIR_ENV} is set")
+
+  if loaded is None and can_download:
+    loaded = _load_downloaded(name, remote, cache, options, fetch=False)
 
   if loaded is None and source in ("auto", "tfds") and not is_folder:
     if tfds_source.installed():
       try:
-        loaded = _load_tfds(name, _tfds_dir(name, explicit_dir, source), cache)
+        loaded = _load_tfds(name, _tfds_dir(name, explicit_dir, source), cache, options)
       except tfds_source.TfdsUnavailable as e:
         tfds_reasons = e.reasons
     else:
       tfds_reasons = ["tensorflow_datasets is not installed"]
 
+  if loaded is None and can_download:
+    try:
+      loaded = _load_downloaded(name, remote, cache, options, fetch=True)
+    except download.DownloadFailed as e:
+      download_reasons = e.reasons
+  elif loaded is None and source == "download":
+    download_reasons = [f"no download source for '{name}': there are downloads for "
+                        f"{', '.join(download.PUBLISHED_MD5)}"]
+
   if loaded is None:
-    raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons, is_folder))
+    raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons,
+                                               download_reasons, is_folder))
   return _finish(name, loaded, validation_size, split_seed, classes)
 
 
 def _finish(name: str, loaded: tuple[Decoded, str], validation_size: float | int,
             split_seed: int, classes: Sequence[int | str]) -> Dataset:
   decoded, where = loaded
+  if decoded.skipped:
+    log.warning("skipped %d files that are not images or are corrupt "
+                "(config.on_bad_image='skip'):\n  %s", len(decoded.skipped),
+                "\n  ".join(decoded.skipped))
+    where += f" ({len(decoded.skipped)} bad files skipped)"
   decoded = classes_lib.select(decoded, classes)
   train, validation = splits.carve_validation(decoded.train, validation_size, split_seed)
   return Dataset(name=name, train=train, validation=validation, test=decoded.test,
@@ -110,13 +154,42 @@ def _cached(name: str, fingerprint: str | None, use_cache: bool, decode):
   return decoded, description
 
 
-def _load_local(fmt: formats.Format, name: str, use_cache: bool) -> tuple[Decoded, str]:
+def _load_local(fmt: formats.Format, name: str, use_cache: bool,
+                options: images.ImageOptions, content: str | None = None) -> tuple[Decoded, str]:
+  """content: what identifies the files' bytes when already known (verified checksums),
+  saving the pass over them that formats.fingerprint would make."""
   class_names = _IDX_CLASS_NAMES.get(name)
   # The name is part of the key because IDX class names depend on it.
-  key = hashlib.sha256(f"{name}\0{formats.fingerprint(fmt)}".encode()).hexdigest() \
-      if use_cache else None
-  decoded, description = _cached(name, key, use_cache, lambda: formats.read(fmt, class_names))
+  key = _key(name, content or formats.fingerprint(fmt), options.key) if use_cache else None
+  decoded, description = _cached(
+      name, key, use_cache, lambda: _fitted(formats.read(fmt, class_names, options), options))
   return decoded, f"{fmt.path} ({description})"
+
+
+def _load_downloaded(name: str, remote: download.Remote, use_cache: bool,
+                     options: images.ImageOptions, fetch: bool) -> tuple[Decoded, str] | None:
+  """`name` from the download folder: fetched now if `fetch`, else only what an earlier
+  download left there (needing no network), or None."""
+  path = download.fetch(name, remote) if fetch else download.cached(name, remote)
+  if path is None:
+    return None
+  verified = "download\0" + "\0".join(f"{f}={md5}" for f, md5 in sorted(remote.md5.items()))
+  return _load_local(formats.detect(path), name, use_cache, options, content=verified)
+
+
+def _key(*parts: str) -> str:
+  return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _fitted(loaded: tuple[Decoded, str], options: images.ImageOptions) -> tuple[Decoded, str]:
+  """Resizes and converts what readers of whole arrays (IDX, CIFAR, tfds) produced, as the
+  image readers do file by file (for those, a no-op)."""
+  decoded, description = loaded
+  def fit(split):
+    return dataclasses.replace(
+        split, images=images.fit_images(split.images, options.size, options.channels))
+  return dataclasses.replace(decoded, train=fit(decoded.train), test=fit(decoded.test)), \
+      description
 
 
 def _tfds_dir(name: str, explicit_dir: str | None, source: str) -> str | None:
@@ -128,15 +201,17 @@ def _tfds_dir(name: str, explicit_dir: str | None, source: str) -> str | None:
   return explicit_dir if source == "tfds" or tfds_layout.is_dir() else None
 
 
-def _load_tfds(name: str, data_dir: str | None, use_cache: bool) -> tuple[Decoded, str]:
+def _load_tfds(name: str, data_dir: str | None, use_cache: bool,
+               options: images.ImageOptions) -> tuple[Decoded, str]:
   opened = tfds_source.open_splits(name, data_dir)
   tfds_name = tfds_source.TFDS_NAMES.get(name, name)
-  decoded, _ = _cached(f"tfds-{name}", opened.fingerprint, use_cache,
-                       lambda: (opened.read(), f"tfds:{tfds_name}"))
+  key = _key(opened.fingerprint, options.key) if opened.fingerprint else None
+  decoded, _ = _cached(f"tfds-{name}", key, use_cache,
+                       lambda: _fitted((opened.read(), f"tfds:{tfds_name}"), options))
   return decoded, f"tfds:{tfds_name}"
 
 
-def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
+def _not_found_message(name, source, tried, tfds_reasons, download_reasons, is_folder) -> str:
   lines = [f"dataset '{name}' not found (source={source!r})."]
   if tried:
     lines.append("Looked for local files at:")
@@ -144,6 +219,9 @@ def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
   if tfds_reasons:
     lines.append("tensorflow-datasets:")
     lines += [f"  - {r}" for r in tfds_reasons]
+  if download_reasons:
+    lines.append("download:")
+    lines += [f"  - {r}" for r in download_reasons]
   example = "mnist-png.tar.xz" if name == "mnist" else "cifar10-jpeg.tar.xz"
   lines += [
       "To provide the data, do one of:",
@@ -158,4 +236,9 @@ def _not_found_message(name, source, tried, tfds_reasons, is_folder) -> str:
   elif name in KNOWN:
     lines.append("  - install tensorflow-datasets: pip install -e '.[tfds]' (its first download "
                  "needs internet) and use --config.data_source=tfds or auto.")
+  if name in download.PUBLISHED_MD5:
+    lines.append(f"  - with internet, --config.data_source=auto or download fetches the "
+                 f"original files into {download.folder(name)}; behind a firewall, "
+                 f"--config.download_mirror=URL (or ${DOWNLOAD_MIRROR_ENV}) names a mirror "
+                 f"that holds {name}/{next(iter(download.PUBLISHED_MD5[name]))}.")
   return "\n".join(lines)

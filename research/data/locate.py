@@ -40,8 +40,8 @@ def candidate_patterns(name: str) -> list[str]:
   if name in _CANDIDATES:
     return _CANDIDATES[name]
   variants = dict.fromkeys([name, name.replace("_", "-"), name.replace("-", "_")])
-  return [f"{v}{suffix}" for v in variants for suffix in
-          ("", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")] + [f"{name}*.tar*"]
+  suffixes = ("", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".zip")
+  return [f"{v}{s}" for v in variants for s in suffixes] + [f"{name}*.tar*", f"{name}*.zip"]
 
 
 @dataclasses.dataclass

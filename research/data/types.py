@@ -11,6 +11,8 @@ import numpy as np
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"
 CACHE_DIR_ENV = "RESEARCH_CACHE_DIR"
+# Base URL(s) of a mirror of the original distributions (research/data/download.py).
+DOWNLOAD_MIRROR_ENV = "RESEARCH_DOWNLOAD_MIRROR"
 # uint8: pixels in [0, 255], scaled by 1/255 on the device; float32: used as they are.
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 
@@ -72,3 +74,4 @@ class Decoded:
   train: Split
   test: Split
   class_names: tuple[str, ...]
+  skipped: tuple[str, ...] = ()  # bad files left out (config.on_bad_image='skip')

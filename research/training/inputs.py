@@ -9,6 +9,7 @@ import numpy as np
 from research import corruption
 from research import data as data_lib
 from research import sharding
+from research.data import download
 
 
 def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
@@ -22,6 +23,9 @@ def load_full(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
   return data_lib.load_dataset(
       config.dataset, config.data_dir or None, source=config.data_source,
       validation_size=config.validation_size, split_seed=config.split_seed,
+      image_size=tuple(config.image_size) or None, channels=config.channels or None,
+      on_bad_image=config.on_bad_image,
+      remote=download.remote(config.dataset, config.download_mirror),
       classes=tuple(config.classes))
 
 

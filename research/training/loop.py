@@ -26,14 +26,14 @@ from research import optim
 from research import runtime
 from research import sharding
 from research import tuning as tuning_lib
-from research.models import create_model
 from research.training import preflight
 from research.training import resume
 from research.training.inputs import put_split, subset
 from research.training.jitted import epoch_permutation, make_eval_fn, make_train_fn
 from research.training.step import StepConfig
 from research.training.resume import TrainProgress
-from research.training.state import TrainState, count_params, create_train_state
+from research.training.state import (TrainState, count_params, create_run_model,
+                                     create_train_state)
 
 
 def _mean_metrics(window: dict[str, np.ndarray]) -> dict:
@@ -190,9 +190,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
   # Checks micro_batch_size per shard.
   cfg = StepConfig.from_config(config, mesh.size, class_weights)
   steps_per_epoch = len(dataset.train.labels) // config.batch_size   # >= 1: preflight
-  model = create_model(config.model, input_shape=dataset.image_shape,
-                       num_classes=losses_lib.num_outputs(config.loss, dataset.num_classes),
-                       seed=config.seed, **configs.model_kwargs(config))
+  model = create_run_model(config, dataset.image_shape, dataset.num_classes)
   if (cfg.micro_batches > 1 and not config.ghost_batch_norm
       and jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
     raise errors.ConfigError(
@@ -218,6 +216,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       checkpoints.set_best_step(train_progress.best["step"])
     writer.trim_metrics(int(state.step))
     writer.write_config(config)
+    writer.write_data_info(dataset)
   eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
   eval_splits = {"test": put_split(dataset.test, mesh)}
   if dataset.validation is not None:

@@ -20,8 +20,8 @@ from research import outputs
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "steps_per_call", "progress",
                      "eval_every_epochs", "eval_batch_size", "final_train_eval",
                      "checkpoint_every_steps", "checkpoint_every_epochs",
-                     "keep_checkpoints", "mode", "data_dir", "data_source", "num_devices",
-                     "platform", "compute_dtype", "async_checkpoints",
+                     "keep_checkpoints", "mode", "data_dir", "data_source", "download_mirror",
+                     "num_devices", "platform", "compute_dtype", "async_checkpoints",
                      "early_stopping_patience", "restore_best", "eval_train",
                      "eval_train_size")
 

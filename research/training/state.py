@@ -13,6 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research import configs
+from research import losses
+from research.models import create_model
+
 
 @struct.dataclass
 class TrainState:
@@ -33,6 +37,15 @@ def call_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
   logits = model(images, train=train, dropout_key=dropout_key)
   _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return logits, batch_stats
+
+
+def create_run_model(config, image_shape, num_classes: int) -> nnx.Module:
+  """The model a run of `config` trains on images of `image_shape` with `num_classes`
+  classes (a one-unit head for loss=binary_cross_entropy); training and inference
+  (research/inference.py) both build it here."""
+  return create_model(config.model, input_shape=image_shape,
+                      num_classes=losses.num_outputs(config.loss, num_classes),
+                      seed=config.seed, **configs.model_kwargs(config))
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
