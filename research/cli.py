@@ -3,15 +3,15 @@
     python -m experiments.NAME [--workdir DIR] [--config=experiments/NAME.py:VARIANT]
                                [--config.KEY=VALUE ...]
     python -m experiments.NAME --workdir DIR [--seeds N] [--parallel N]
-                               [--grid='{"KEY": [V1, V2]}'] [--print-commands]
-                               [--aggregate-only]
+                               [--grid='{"KEY": [V1, V2]}'] [--cv_folds K]
+                               [--print-commands] [--aggregate-only]
 
 absl flags with `config_flags`, the JAX convention: the config file is the experiment
 module itself, a variant after ':' goes to its `get_config(variant)`, and a `--config.KEY`
 that does not exist, or a value of the wrong type, stops the run before any work starts.
 
 A module with a `get_sweep(variant)` runs its sweep (research/sweep.py), as does any
-module given --grid or --seeds; --nosweep runs the single config.
+module given --grid, --seeds or --cv_folds; --nosweep runs the single config.
 """
 
 import datetime
@@ -58,6 +58,11 @@ def main(config_file: str, hooks: loop.Hooks | None = None) -> None:
                     "it has one, or with --grid or --seeds); --nosweep runs one config.")
   flags.DEFINE_integer("seeds", None, "Sweeps: seeds per point (config.seed, +1, ...); "
                        "default: the sweep's own.", lower_bound=1)
+  flags.DEFINE_integer("cv_folds", None, "Sweeps: K-fold cross-validation, K runs per "
+                       "point and seed, each validating on its own stratified fold of the "
+                       "training split (config.cv_fold); results are mean ± std over "
+                       "them. Give it again with --print-commands and --aggregate-only.",
+                       lower_bound=2)
   flags.DEFINE_string("grid", None, "Sweeps: a grid of overrides as JSON, e.g. "
                       '\'{"weight_decay": [0, 0.0005]}\'; replaces get_sweep()\'s points.')
   flags.DEFINE_integer("parallel", 1, "Sweeps: runs at a time, each its own process. With "
@@ -85,7 +90,8 @@ def _run(experiment: str, hooks: loop.Hooks | None, argv) -> None:
   module = _config_module(config_arg)
   sweeping = FLAGS.sweep
   if sweeping is None:
-    sweeping = bool(hasattr(module, "get_sweep") or FLAGS.grid or FLAGS.seeds)
+    sweeping = bool(hasattr(module, "get_sweep") or FLAGS.grid or FLAGS.seeds
+                    or FLAGS.cv_folds)
   if sweeping:
     try:
       sys.exit(_run_sweep(experiment, module, config_arg))
@@ -150,7 +156,8 @@ def _run_sweep(experiment: str, module, config_arg: str) -> int:
     sweep_lib.check_can_execute(sweep_dir)
   sweep_dir = outputs.workdir_path(sweep_dir)   # each run checks orbax's needs itself
   jobs = sweep_lib.plan(sweep, FLAGS.config, sweep_dir, num_seeds, _this_command(),
-                        config_arg, config_flags.get_override_values(FLAGS["config"]))
+                        config_arg, config_flags.get_override_values(FLAGS["config"]),
+                        FLAGS.cv_folds or 0)
   if not FLAGS["aggregate-only"].value:
     preflight.check_jobs(jobs)   # every point against its data, before the first run
   sweep_lib.check_existing(jobs)
@@ -162,8 +169,9 @@ def _run_sweep(experiment: str, module, config_arg: str) -> int:
   sweep_results.write_plan(sweep, jobs, sweep_dir)
   code = 0
   if not FLAGS["aggregate-only"].value:
-    print(f"sweep: {len(sweep.points)} point(s) x {num_seeds} seed(s) = {len(jobs)} runs "
-          f"in {sweep_dir}, {FLAGS.parallel} at a time", flush=True)
+    folds = f" x {FLAGS.cv_folds} folds" if FLAGS.cv_folds else ""
+    print(f"sweep: {len(sweep.points)} point(s) x {num_seeds} seed(s){folds} = "
+          f"{len(jobs)} runs in {sweep_dir}, {FLAGS.parallel} at a time", flush=True)
     outcome = sweep_lib.execute(jobs, FLAGS.parallel,
                                 log=functools.partial(print, flush=True))
     if outcome.interrupted:

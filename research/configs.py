@@ -37,6 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.download_mirror = ""
   c.validation_size = 0.0         # fraction (<1) or count of train examples held out
   c.split_seed = 0                # the held-out split does not change with `seed`
+  # Cross-validation (a sweep's --cv_folds K sets both): validate on fold cv_fold of
+  # cv_folds stratified folds of the training split (seeded by split_seed) and train on
+  # the others. 0 = no folds; used instead of validation_size. The test split is untouched.
+  c.cv_folds = 0
+  c.cv_fold = 0
   c.train_subset = 0              # train on this many examples (0 = all), seeded
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
   # Train and test on these classes only, by index or name, relabelled 0..k-1 in the
@@ -55,9 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.normalize = "auto"            # auto | none | explicit
   c.normalize_mean = ()           # per channel; set only with normalize='explicit'
   c.normalize_std = ()
-  c.augment = "none"              # comma-separated: crop, flip, cutout
+  c.augment = "none"              # comma-separated: crop, flip, cutout, rotate, scale
   c.crop_padding = 4
   c.cutout_size = 8               # side of the square that `cutout` zeroes (the mean)
+  c.rotate_degrees = 15.0         # rotate: by a random angle in [-this, this] degrees
+  c.scale_range = (0.9, 1.1)      # scale: by a random factor in [low, high] (> 1 zooms in)
   # Zhang et al. 2017 corruptions, seeded by `seed`, applied on the host at load time.
   c.label_corruption = 0.0        # this fraction of train labels -> uniform random class
   c.input_corruption = "none"     # none | shuffled_pixels | random_pixels | gaussian
@@ -180,6 +187,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "platform", runtime.PLATFORMS)
   _check_choice(config, "compute_dtype", COMPUTE_DTYPES)
   preprocess.parse_augment(config.augment)
+  _check_affine_augmentation(config)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)
   for key in ("label_corruption",):
@@ -209,6 +217,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive(config, key, allow_zero=True)
   _check_positive(config, "keep_checkpoints")
   _check_choice(config, "async_checkpoints", ASYNC_CHECKPOINTS)
+  _check_cross_validation(config)
   _check_best_metric(config)
   normalization.validate(config)
 
@@ -264,6 +273,35 @@ def _check_download_mirror(config) -> None:
                                "https:// URL (comma-separate several mirrors).")
 
 
+def _check_affine_augmentation(config) -> None:
+  if not 0 <= config.rotate_degrees <= 180:
+    raise errors.ConfigError(f"config.rotate_degrees={config.rotate_degrees} must be in "
+                             "[0, 180].")
+  scale = tuple(config.scale_range)
+  if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+    raise errors.ConfigError(f"config.scale_range={scale} must be (low, high) with "
+                             "0 < low <= high, e.g. (0.9, 1.1).")
+
+
+def _check_cross_validation(config) -> None:
+  folds, fold = config.cv_folds, config.cv_fold
+  if not folds:
+    if fold:
+      raise errors.ConfigError(f"config.cv_fold={fold} needs config.cv_folds (the number "
+                               "of folds, >= 2).")
+    return
+  if folds < 2:
+    raise errors.ConfigError(f"config.cv_folds={folds} must be 0 (no cross-validation) "
+                             "or >= 2.")
+  if not 0 <= fold < folds:
+    raise errors.ConfigError(f"config.cv_fold={fold} must be in [0, {folds - 1}] for "
+                             f"config.cv_folds={folds}.")
+  if config.validation_size:
+    raise errors.ConfigError(f"config.cv_folds={folds} validates on a fold of the training "
+                             f"split, in place of config.validation_size="
+                             f"{config.validation_size}: set one of them to 0.")
+
+
 # What config.best_metric may name: a split's evaluation record (research/training/loop.py).
 BEST_METRICS = tuple(f"{split}_{key}" for split in ("validation", "test")
                      for key in ("accuracy", "loss", "macro_f1"))
@@ -274,9 +312,9 @@ def _check_best_metric(config) -> None:
   if metric and metric not in BEST_METRICS:
     raise errors.ConfigError(f"config.best_metric={metric!r} must be one of "
                              f"{', '.join(BEST_METRICS)} (or '' for none).")
-  if metric.startswith("validation") and not config.validation_size:
+  if metric.startswith("validation") and not (config.validation_size or config.cv_folds):
     raise errors.ConfigError(f"config.best_metric={metric!r} needs a validation split: "
-                             "set config.validation_size.")
+                             "set config.validation_size (or config.cv_folds).")
   for key in ("early_stopping_patience", "restore_best"):
     if config[key] and not metric:
       raise errors.ConfigError(f"config.{key} needs config.best_metric, e.g. "

@@ -52,7 +52,9 @@ def _normalization(config, dataset) -> list[str]:
 def _sizes(config, dataset) -> list[str]:
   lines = []
   available = len(dataset.train)
-  held_out = (f" left after config.validation_size={config.validation_size}"
+  held_out = (f" left after cross-validation fold {config.cv_fold} of {config.cv_folds}"
+              if config.cv_folds else
+              f" left after config.validation_size={config.validation_size}"
               if dataset.validation is not None else "")
   if config.train_subset > available:
     lines.append(f"config.train_subset={config.train_subset} is more than the {available} "
@@ -72,11 +74,17 @@ def _sizes(config, dataset) -> list[str]:
 
 def _augmentation(config, dataset) -> list[str]:
   height, width = dataset.image_shape[:2]
-  if ("cutout" in preprocess.parse_augment(config.augment)
-      and config.cutout_size > min(height, width)):
-    return [f"config.cutout_size={config.cutout_size} is larger than the {height}x{width} "
-            f"{dataset.name} inputs: lower it, or drop cutout from config.augment."]
-  return []   # crop leaves axes of length 1 alone (MNIST-1D's width)
+  ops, lines = preprocess.parse_augment(config.augment), []
+  if "cutout" in ops and config.cutout_size > min(height, width):
+    lines.append(f"config.cutout_size={config.cutout_size} is larger than the "
+                 f"{height}x{width} {dataset.name} inputs: lower it, or drop cutout from "
+                 "config.augment.")
+  # crop leaves axes of length 1 alone (MNIST-1D's width); a turn or zoom cannot.
+  turned = [op for op in ("rotate", "scale") if op in ops]
+  if turned and min(height, width) == 1:
+    lines.append(f"config.augment has {'+'.join(turned)}, which needs 2-D images, but the "
+                 f"{dataset.name} inputs are {height}x{width}: drop it from config.augment.")
+  return lines
 
 
 def _labels(config, dataset) -> list[str]:

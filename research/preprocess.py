@@ -3,18 +3,20 @@
 Images stay uint8 on the device until the step turns a gathered batch into the compute
 dtype (float32, or bfloat16 with `config.compute_dtype`), so the resident dataset is four
 times smaller, and no per-image Python runs per step. Datasets of real values (MNIST-1D)
-are float32 already and are not rescaled. Augmentation only moves and zeroes pixels, so it
-works in any dtype.
+are float32 already and are not rescaled. Crop, flip and cutout only move and zero pixels,
+so they work in any dtype; rotate and scale interpolate in float32 and give back the
+images' dtype.
 """
 
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.scipy import ndimage
 
 from research import errors
 
-AUGMENTATIONS = ("crop", "flip", "cutout")
+AUGMENTATIONS = ("crop", "flip", "cutout", "rotate", "scale")
 
 
 def parse_augment(spec: str) -> tuple[str, ...]:
@@ -77,9 +79,54 @@ def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
   return jnp.where(inside[..., None], 0.0, images)
 
 
+def affine_resample(images: jax.Array, angles: jax.Array, scales: jax.Array) -> jax.Array:
+  """Rotates each image by its angle (radians, counter-clockwise as displayed) and scales
+  it by its factor (> 1 zooms in), about the image's centre, by bilinear interpolation
+  (map_coordinates, order 1). Pixels that come from outside the image are 0, the mean
+  after normalisation, as crop pads and cutout fills: edge or reflect filling would
+  invent structure (smeared or mirrored objects) that the test images never show."""
+  _, h, w, _ = images.shape
+  centre = jnp.array([(h - 1) / 2, (w - 1) / 2], jnp.float32)
+  rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - centre[0],
+                            jnp.arange(w, dtype=jnp.float32) - centre[1], indexing="ij")
+
+  def resample_one(image, angle, scale):
+    # The output pixel at `offset` from the centre reads the input at R(-angle) offset /
+    # scale (rows point down, so a counter-clockwise turn flips the sine's sign).
+    cos, sin = jnp.cos(angle) / scale, jnp.sin(angle) / scale
+    source = (cos * rows + sin * cols + centre[0], cos * cols - sin * rows + centre[1])
+
+    def resample_channel(plane):
+      return ndimage.map_coordinates(plane, source, order=1, mode="constant", cval=0.0)
+
+    planes = jax.vmap(resample_channel, in_axes=-1, out_axes=-1)
+    return planes(image.astype(jnp.float32)).astype(image.dtype)
+
+  return jax.vmap(resample_one)(images, angles, scales)
+
+
+def random_rotate_scale(key: jax.Array, images: jax.Array, max_degrees: float,
+                        scale_range: Sequence[float]) -> jax.Array:
+  """Each image rotated by a uniform angle in [-max_degrees, max_degrees] and scaled by a
+  uniform factor in scale_range, in one resampling (one interpolation's blur, not two)."""
+  angle_key, scale_key = jax.random.split(key)
+  n = images.shape[0]
+  degrees = jax.random.uniform(angle_key, (n,), minval=-max_degrees, maxval=max_degrees)
+  scales = jax.random.uniform(scale_key, (n,), minval=scale_range[0],
+                              maxval=scale_range[1])
+  return affine_resample(images, jnp.deg2rad(degrees), scales)
+
+
 def augment(key: jax.Array, images: jax.Array, ops: tuple[str, ...],
-            crop_padding: int, cutout_size: int = 8) -> jax.Array:
+            crop_padding: int, cutout_size: int = 8, rotate_degrees: float = 0.0,
+            scale_range: Sequence[float] = (1.0, 1.0)) -> jax.Array:
   crop_key, flip_key = jax.random.split(key)
+  # Rotate and scale go first, on the whole image. Their key is folded in (as cutout's
+  # is), so that crop, flip and cutout draw exactly as before they existed.
+  if "rotate" in ops or "scale" in ops:
+    images = random_rotate_scale(jax.random.fold_in(key, 3), images,
+                                 rotate_degrees if "rotate" in ops else 0.0,
+                                 scale_range if "scale" in ops else (1.0, 1.0))
   if "crop" in ops and crop_padding > 0:
     images = random_crop(crop_key, images, crop_padding)
   if "flip" in ops:

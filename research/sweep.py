@@ -10,6 +10,10 @@ line of the same experiment, in its own workdir DIR/POINT/seed_N, so that
 - `--aggregate-only` gathers whatever has finished into results.csv, results.md and
   plots (research/sweep_results.py).
 
+With `--cv_folds K` each (point, seed) is K runs, DIR/POINT/seed_N_fold_K, each
+validating on its own stratified fold of the training split (config.cv_fold), and the
+results are mean ± std over folds and seeds.
+
 On a host with GPUs, `--parallel N` gives each run one GPU of its own
 (CUDA_VISIBLE_DEVICES) and runs at most as many at once as there are GPUs; on a TPU host
 the runs go one at a time, each over every chip (`job_slots`).
@@ -122,16 +126,17 @@ def parse_grid(text: str) -> list[Point]:
 
 @dataclasses.dataclass
 class Job:
-  """One run of the sweep: a point at one seed."""
+  """One run of the sweep: a point at one seed, on one cross-validation fold if any."""
   point: Point
   seed: int
   workdir: epath.Path
   config: ml_collections.ConfigDict
   argv: list[str]
+  fold: int | None = None
 
   @property
   def name(self) -> str:
-    return f"{self.point.label}/seed_{self.seed}"
+    return f"{self.point.label}/{run_dir_name(self.seed, self.fold)}"
 
   @property
   def log_path(self) -> epath.Path:
@@ -141,28 +146,37 @@ class Job:
     return outputs.RunDir(self.workdir).read_summary()
 
 
+def run_dir_name(seed: int, fold: int | None = None) -> str:
+  """A run's folder under its point's: seed_N, or seed_N_fold_K in cross-validation."""
+  return f"seed_{seed}" if fold is None else f"seed_{seed}_fold_{fold}"
+
+
 def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | os.PathLike,
          num_seeds: int, command: Sequence[str], config_arg: str,
-         user_overrides: Mapping) -> list[Job]:
-  """Every (point, seed) with its config and command line. Raises ConfigError, naming
+         user_overrides: Mapping, cv_folds: int = 0) -> list[Job]:
+  """Every (point, seed), and with `cv_folds` K every fold of each (config.cv_folds=K,
+  config.cv_fold=0..K-1), with its config and command line. Raises ConfigError, naming
   the point and key, for an override that the config does not have or rejects."""
   sweep_dir = epath.Path(sweep_dir)
+  folds = range(cv_folds) if cv_folds else [None]
   jobs = []
   for point in sweep.points:
-    for i in range(num_seeds):
+    for seed, fold in itertools.product(range(base.seed, base.seed + num_seeds), folds):
+      run = {"seed": seed}
+      if fold is not None:
+        run.update(cv_folds=cv_folds, cv_fold=fold)
       config = ml_collections.ConfigDict(base.to_dict())  # a copy with the same types,
       config.lock()                                       # and no new keys
-      seed = base.seed + i
       try:
-        config.update_from_flattened_dict({**point.overrides, "seed": seed})
+        config.update_from_flattened_dict({**point.overrides, **run})
         configs.validate(config)
       except (KeyError, AttributeError, TypeError, ValueError, errors.ConfigError) as e:
         raise errors.ConfigError(f"sweep point {point.label!r}: {e}") from None
-      workdir = sweep_dir / point.label / f"seed_{seed}"
-      overrides = {**user_overrides, **point.overrides, "seed": seed}
+      workdir = sweep_dir / point.label / run_dir_name(seed, fold)
+      overrides = {**user_overrides, **point.overrides, **run}
       argv = [*command, "--nosweep", f"--workdir={workdir}", f"--config={config_arg}",
               *(f"--config.{k}={format_value(v)}" for k, v in overrides.items())]
-      jobs.append(Job(point, seed, workdir, config, argv))
+      jobs.append(Job(point, seed, workdir, config, argv, fold))
   return jobs
 
 
@@ -370,8 +384,11 @@ def _launch(job: Job, env: Mapping, log) -> subprocess.Popen:
 def _report(job: Job, code: int, seconds: float, count: str, outcome: Outcome, log) -> None:
   if code == 0:
     summary = job.summary() or {}
+    validation = (f" validation {summary['validation_accuracy']:.2%}"
+                  if "validation_accuracy" in summary else "")
     log(f"[{count}] done {job.name}: train {summary.get('train_accuracy', float('nan')):.2%}"
-        f" test {summary.get('test_accuracy', float('nan')):.2%} ({seconds:.0f} s)")
+        f"{validation} test {summary.get('test_accuracy', float('nan')):.2%} "
+        f"({seconds:.0f} s)")
     return
   reason = {errors.Interrupted.EXIT_CODE: "interrupted (resumable)",
             2: "failed: bad input or config"}.get(code, f"crashed with exit code {code}")

@@ -1,9 +1,9 @@
 """A sweep's results, gathered from whatever runs have finished:
 
 - results.csv: one row per finished run, its overrides and final metrics;
-- results.md: mean ± sample std over seeds per point, beside the published figures, and,
-  when the runs held out a validation split, the point chosen on it with its test
-  accuracy;
+- results.md: mean ± sample std over seeds (and cross-validation folds) per point, beside
+  the published figures, and, when the runs held out a validation split (or folds), the
+  point chosen on it with its test accuracy;
 - learning_curves.png, test_accuracy.png (or test_error.png) and gap.png.
 """
 
@@ -39,7 +39,10 @@ def rows(jobs: Sequence["sweep_lib.Job"]) -> list[dict]:
     summary = job.summary()
     if summary is None:
       continue
-    row = {"point": job.point.label, "seed": job.seed, "workdir": str(job.workdir)}
+    row = {"point": job.point.label, "seed": job.seed}
+    if job.fold is not None:
+      row["fold"] = job.fold
+    row["workdir"] = str(job.workdir)
     row.update({k: sweep_lib.format_value(v) for k, v in job.point.overrides.items()})
     row.update({k: summary.get(k) for k in METRICS})
     out.append(row)
@@ -55,7 +58,8 @@ def write_csv(table: list[dict], path: epath.Path) -> None:
 
 
 def per_point(sweep: "sweep_lib.Sweep", table: list[dict]) -> list[dict]:
-  """For each point: how many seeds finished, and mean and sample std of each metric."""
+  """For each point: how many runs (seeds x folds) finished, and mean and sample std of
+  each metric over them."""
   out = []
   for point in sweep.points:
     mine = [r for r in table if r["point"] == point.label]
@@ -76,15 +80,16 @@ def _cell(mean: float, std: float, scale: float, decimals: int) -> str:
 
 
 def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
-                   path: epath.Path) -> None:
+                   path: epath.Path, cv_folds: int = 0) -> None:
   published = [k for k in ("train_accuracy", "test_accuracy")
                if any(k in s["point"].published for s in stats)]
   chosen = chosen_on_validation(stats)
   columns = [c for c in TABLE if c[1] != CHOOSE_ON or chosen]
-  header = ["point", "seeds", *(t for t, _, _, _ in columns),
+  header = ["point", "runs" if cv_folds else "seeds", *(t for t, _, _, _ in columns),
             *(f"published {k.split('_')[0]} (%)" for k in published)]
+  asked = f"{num_seeds} seed(s) x {cv_folds} folds" if cv_folds else num_seeds
   lines = [f"# {sweep.title or 'Sweep results'}", "",
-           f"Mean ± sample standard deviation over the finished seeds (of {num_seeds} "
+           f"Mean ± sample standard deviation over the finished {header[1]} (of {asked} "
            "asked). Train accuracy is measured in inference mode on the training split "
            "as trained on (corrupted labels included); gap = train - test accuracy.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -214,7 +219,8 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
   stats = per_point(sweep, table)
   written = [sweep_dir / "results.csv", sweep_dir / "results.md"]
   write_csv(table, written[0])
-  write_markdown(sweep, stats, num_seeds, written[1])
+  folds = {job.fold for job in jobs if job.fold is not None}
+  write_markdown(sweep, stats, num_seeds, written[1], cv_folds=len(folds))
   if not table:
     return written
   test_name = "test_error" if sweep.plot_error else "test_accuracy"

@@ -1,8 +1,9 @@
-"""Carving a validation split out of the training split.
+"""Carving a validation split, or a cross-validation fold, out of the training split.
 
 The shared archives are sorted by class, so taking the tail (what Keras' validation_split
 does) would hold out only the last classes. Instead we draw a seeded, stratified sample:
-every class contributes in proportion to its size."""
+every class contributes in proportion to its size. Cross-validation folds are stratified
+the same way (`fold_assignment`)."""
 
 from __future__ import annotations
 
@@ -59,4 +60,26 @@ def carve_validation(train: Split, validation_size: float | int,
   count = validation_count(validation_size, len(train))
   keep, held = stratified_indices(train.labels, count, seed)
   return (Split(train.images[keep], train.labels[keep]),
+          Split(train.images[held], train.labels[held]))
+
+
+def fold_assignment(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+  """The fold (0..folds-1) of each example: stratified K-fold, with the per-fold class
+  counts of scikit-learn's StratifiedKFold. The examples, shuffled with `seed`, are sorted
+  by class and dealt out to the folds in turn, so every class is split evenly (its counts
+  per fold differ by at most one) and so are the folds' sizes."""
+  order = np.random.default_rng(seed).permutation(len(labels))
+  by_class = order[np.argsort(labels[order], kind="stable")]
+  assignment = np.empty(len(labels), np.int64)
+  assignment[by_class] = np.arange(len(labels)) % folds
+  return assignment
+
+
+def carve_fold(train: Split, folds: int, fold: int, seed: int) -> tuple[Split, Split]:
+  """(the other folds, to train on; fold `fold`, to validate on) of `folds` stratified
+  folds of `train`, drawn with `seed`."""
+  if len(train) < folds:
+    raise DataError(f"cv_folds={folds} is more than the {len(train)} training examples")
+  held = fold_assignment(train.labels, folds, seed) == fold
+  return (Split(train.images[~held], train.labels[~held]),
           Split(train.images[held], train.labels[held]))

@@ -17,7 +17,8 @@ from research import normalization
 from research.training import inputs
 
 # The keys that decide which arrays `inputs.load_full` returns.
-DATA_KEYS = ("dataset", "data_dir", "data_source", "validation_size", "split_seed",
+DATA_KEYS = ("dataset", "data_dir", "data_source", "download_mirror", "validation_size",
+             "split_seed", "cv_folds", "cv_fold", "image_size", "channels", "on_bad_image",
              "classes")
 
 

@@ -29,6 +29,8 @@ class StepConfig:
   augment: tuple[str, ...] = ()
   crop_padding: int = 4
   cutout_size: int = 8
+  rotate_degrees: float = 0.0
+  scale_range: tuple[float, ...] = (1.0, 1.0)
   l1: float = 0.0
   l2: float = 0.0
   max_norm: float = 0.0
@@ -109,7 +111,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   images = _normalize(batch["image"], cfg)
   if cfg.augment:
     images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding,
-                                cfg.cutout_size)
+                                cfg.cutout_size, cfg.rotate_degrees, cfg.scale_range)
 
   def loss_fn(params, images, labels, dropout_key, batch_stats):
     logits, batch_stats = apply_model(state, params, images, train=True,
