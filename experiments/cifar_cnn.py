@@ -16,11 +16,25 @@ Variants:
            --config.dataset=folder --config.data_dir=DIR at any train/ and test/ class
            folders to run it on your own images.
   seed_s6  seed S6: the dropout CNN, SGD lr 0.001 momentum 0.9, batch 4, 2 epochs.
+  seed_s5_binary  S5's binary task as the article wrote it: one sigmoid output unit,
+           binary cross-entropy, images resized to 32x32; here on CIFAR-10's cat (class 3)
+           against dog (class 5), --config.classes. For your own two-class folder:
+           --config.dataset=folder --config.data_dir=DIR --config.classes='()'.
+  seed_s6_binary  S6 on the same two classes, as the article wrote it: two outputs and
+           softmax cross-entropy (PyTorch's CrossEntropyLoss), images resized to 32x32.
+           The article resizes to 256x256, which its fc1 cannot take: fc1 is sized for a
+           fixed input, and two (valid 5x5 conv, 2x2 pool) stages leave 128 x 5 x 5 =
+           3,200 features of a 32x32 image (of any side from 32 to 35) but 128 x 61 x 61
+           = 476,288 of a 256x256 one (256 -> 252 -> 126 -> 122 -> 61). An fc1 declared
+           for 3,200 inputs fails at the first batch of 256x256 images; one sized for
+           them would hold 476,288 x 1,024 = 488M weights (1.95 GB in float32) against
+           the 3.3M of the fc1 that 32x32 images need (3.5M parameters in all).
   full     the default model at twice the width for 40 epochs: for a GPU or TPU.
   smoke    the default code path on 512 images for one epoch (tests and CI).
 
 Measured accuracy and time, with the machine: the README's Results table for the default,
-docs/performance.md for the variants and for ghost BatchNorm (`--config.micro_batch_size=16
+docs/binary_tasks.md for the binary variants, docs/performance.md for the other variants
+and for ghost BatchNorm (`--config.micro_batch_size=16
 --config.ghost_batch_norm=True`, faster on a CPU but a different model, so not the
 default).
 """
@@ -54,6 +68,15 @@ def _seed_recipe(c, model, **settings):
   return c
 
 
+def _cat_against_dog(c, **settings):
+  """A seed recipe on CIFAR-10's cat against dog, the articles' own binary example,
+  resized on load to the 32x32 that both models take (a no-op on CIFAR-10 itself)."""
+  c.classes, c.image_size = (3, 5), (32, 32)
+  for key, value in settings.items():
+    c[key] = value
+  return c
+
+
 def get_config(variant: str | None = None):
   c = _default()
   if variant in (None, "", "default"):
@@ -78,8 +101,12 @@ def get_config(variant: str | None = None):
     return _seed_recipe(c, "dropout_cnn", normalize="none",
                         optimizer="momentum", learning_rate=1e-3, momentum=0.9,
                         batch_size=4, num_epochs=2, log_every_steps=1000)
+  if variant == "seed_s5_binary":
+    return _cat_against_dog(get_config("seed_s5"), loss="binary_cross_entropy")
+  if variant == "seed_s6_binary":
+    return _cat_against_dog(get_config("seed_s6"))
   raise ValueError(f"Unknown variant {variant!r} of cifar_cnn; choose lenet, seed_s5, "
-                   "seed_s6, full or smoke.")
+                   "seed_s6, seed_s5_binary, seed_s6_binary, full or smoke.")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.cv_fold = 0
   c.train_subset = 0              # train on this many examples (0 = all), seeded
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
+  # Train and test on these classes only, by index or name, relabelled 0..k-1 in the
+  # order given, before the validation split is carved: e.g. (3, 5) or ('cat', 'dog')
+  # is CIFAR-10's cat against dog. () = all.
+  c.classes = ()
   # Images as files come (docs/own_data.md): resized on load with an antialiasing filter
   # (PIL bilinear, as torchvision's Resize), part of the decode cache's key.
   c.image_size = ()               # (height, width); () = as stored (all the same size)
@@ -96,8 +100,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.lr_decay_factor = 0.1
   c.lr_step_epochs = ()          # epochs at which 'step' multiplies by lr_decay_factor
+  # cross_entropy | mse | binary_cross_entropy: one sigmoid output unit for 2 classes
+  # (class 1 is the positive; predicted where the logit is > 0).
   c.loss = "cross_entropy"
   c.label_smoothing = 0.0
+  # Per-class weights of the training loss, for imbalanced data (eval losses are not
+  # weighted): '' (none) | 'balanced' (n_samples / (n_classes * count), counted on the
+  # training labels) | one number per class, comma-separated, e.g. '1,4.5'.
+  c.class_weights = ""
   # Run.
   c.batch_size = 128
   # Speed knobs; what each one gains, per platform: docs/performance.md.
@@ -136,7 +146,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0    # 0 = not by steps
   c.checkpoint_every_epochs = 1   # 0 = not by epochs; the end of the run is always saved
   c.keep_checkpoints = 3          # the last K, plus the best by best_metric
-  c.best_metric = ""              # e.g. validation_accuracy, test_loss; '' = none
+  c.best_metric = ""              # e.g. validation_accuracy, validation_macro_f1,
+                                  # test_loss; '' = none
   c.best_mode = "auto"            # max | min | auto (max for accuracy, min for loss)
   c.early_stopping_patience = 0   # stop after this many evaluations without a new best
   c.restore_best = False          # report (summary.json, mode=eval) the best checkpoint
@@ -166,6 +177,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "optimizer", optim.OPTIMIZERS)
   _check_choice(config, "lr_schedule", optim.SCHEDULES)
   _check_choice(config, "loss", losses.LOSSES)
+  if config.class_weights not in ("", "balanced"):
+    losses.parse_class_weights(config.class_weights)
+  _check_classes(config.classes)
   _check_choice(config, "data_source", DATA_SOURCES)
   _check_download_mirror(config)
   _check_images(config)
@@ -206,6 +220,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_cross_validation(config)
   _check_best_metric(config)
   normalization.validate(config)
+
+
+def _check_classes(classes) -> None:
+  """Indices (>= 0) or names, at least two, none repeated; checked against the data at
+  load."""
+  if not classes:
+    return
+  valid = all((isinstance(c, int) and not isinstance(c, bool) and c >= 0)
+              or (isinstance(c, str) and c) for c in classes)
+  if not valid or len(classes) < 2 or len(set(classes)) != len(classes):
+    raise errors.ConfigError(
+        f"config.classes={tuple(classes)!r} must name two or more distinct classes by "
+        "index or name, e.g. (3, 5) or ('cat', 'dog'); () for all.")
 
 
 def _check_images(config) -> None:
@@ -275,13 +302,16 @@ def _check_cross_validation(config) -> None:
                              f"{config.validation_size}: set one of them to 0.")
 
 
+# What config.best_metric may name: a split's evaluation record (research/training/loop.py).
+BEST_METRICS = tuple(f"{split}_{key}" for split in ("validation", "test")
+                     for key in ("accuracy", "loss", "macro_f1"))
+
+
 def _check_best_metric(config) -> None:
   metric = config.best_metric
-  if metric and metric not in ("validation_accuracy", "validation_loss", "test_accuracy",
-                               "test_loss"):
-    raise errors.ConfigError(
-        f"config.best_metric={metric!r} must be one of validation_accuracy, "
-        "validation_loss, test_accuracy, test_loss (or '' for none).")
+  if metric and metric not in BEST_METRICS:
+    raise errors.ConfigError(f"config.best_metric={metric!r} must be one of "
+                             f"{', '.join(BEST_METRICS)} (or '' for none).")
   if metric.startswith("validation") and not (config.validation_size or config.cv_folds):
     raise errors.ConfigError(f"config.best_metric={metric!r} needs a validation split: "
                              "set config.validation_size (or config.cv_folds).")

@@ -13,6 +13,7 @@ import ml_collections
 
 from research import configs
 from research import errors
+from research import losses
 from research import preprocess
 from research.models import MODELS
 
@@ -87,30 +88,41 @@ def _augmentation(config, dataset) -> list[str]:
 
 
 def _labels(config, dataset) -> list[str]:
+  lines = []
   if config.label_corruption and dataset.num_classes < 2:
-    return [f"config.label_corruption={config.label_corruption} needs at least 2 classes; "
-            f"{dataset.name} has {dataset.num_classes}."]
-  return []
+    lines.append(f"config.label_corruption={config.label_corruption} needs at least 2 "
+                 f"classes; {dataset.name} has {dataset.num_classes}.")
+  if config.loss == losses.BINARY and dataset.num_classes != 2:
+    lines.append(f"config.loss={config.loss!r} needs exactly 2 classes; {dataset.name} has "
+                 f"{dataset.num_classes}: pick two with config.classes, e.g. "
+                 "--config.classes='(3, 5)', or use cross_entropy.")
+  try:
+    losses.class_weights(config.class_weights, dataset.train.labels, dataset.num_classes)
+  except errors.ConfigError as e:
+    lines.append(str(e))
+  return lines
 
 
 def _model(config, dataset) -> list[str]:
   """What the model cannot take of this data, found without training: its construction,
   forward pass and gradient, traced (not compiled) for a batch of the data's shape."""
   kwargs = configs.model_kwargs(config)
-  key = (config.model, repr(sorted(kwargs.items())), dataset.image_shape,
-         dataset.num_classes)
+  outputs = losses.num_outputs(config.loss, dataset.num_classes)
+  key = (config.model, repr(sorted(kwargs.items())), dataset.image_shape, outputs)
   if key not in _MODEL_LINES:   # a sweep's points mostly share their model
-    _MODEL_LINES[key] = _model_line(config.model, kwargs, dataset)
+    _MODEL_LINES[key] = _model_line(config.model, kwargs, dataset, outputs)
   return [_MODEL_LINES[key]] if _MODEL_LINES[key] else []
 
 
 _MODEL_LINES = {}
 
 
-def _model_line(name: str, kwargs: dict, dataset) -> str | None:
-  shape, classes = dataset.image_shape, dataset.num_classes
+def _model_line(name: str, kwargs: dict, dataset, outputs: int) -> str | None:
+  """`outputs`: the width of the head (one logit per class, or one for the binary
+  loss)."""
+  shape = dataset.image_shape
   options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-  program = _forward_and_gradient(MODELS[name], kwargs, shape, classes)
+  program = _forward_and_gradient(MODELS[name], kwargs, shape, outputs)
   images = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
   try:
     logits, _ = jax.eval_shape(program, images, jax.random.key(0))
@@ -120,18 +132,19 @@ def _model_line(name: str, kwargs: dict, dataset) -> str | None:
     return (f"config.model={name!r}{f' ({options})' if options else ''} cannot take the "
             f"{dataset.name} inputs of shape {shape} ({type(e).__name__}: "
             f"{_first_line(e)}): choose another model for this data.")
-  if logits.shape != (2, classes):
+  if logits.shape != (2, outputs):
     return (f"config.model={name!r} gives logits of shape {logits.shape[1:]} for the "
-            f"{dataset.name} inputs, not ({classes},) for its {classes} classes.")
+            f"{dataset.name} inputs, not ({outputs},) for its {dataset.num_classes} "
+            "classes.")
   return None
 
 
-def _forward_and_gradient(factory, kwargs: dict, shape, classes: int):
+def _forward_and_gradient(factory, kwargs: dict, shape, outputs: int):
   """(images, dropout key) -> (inference logits, gradients of the training-mode logits'
   sum with respect to the parameters and the images), building the model inside."""
 
   def program(images, key):
-    model = factory(input_shape=shape, num_classes=classes, rngs=nnx.Rngs(params=0),
+    model = factory(input_shape=shape, num_classes=outputs, rngs=nnx.Rngs(params=0),
                     **kwargs)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 

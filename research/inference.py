@@ -34,6 +34,7 @@ import numpy as np
 from research import checkpoint as checkpoint_lib
 from research import configs
 from research import errors
+from research import losses
 from research import outputs
 from research import preprocess
 from research.training import inputs
@@ -54,7 +55,7 @@ class RestoredModel:
 
   def function(self):
     """The pure `(params, batch_stats, images) -> {'logits', 'probabilities'}`."""
-    config, num_classes = self.config, len(self.class_names)
+    config = self.config
     mean, std = tuple(config.normalize_mean), tuple(config.normalize_std)
 
     def infer(params, batch_stats, images):
@@ -62,7 +63,7 @@ class RestoredModel:
       logits, _ = call_model(self.graphdef, params, batch_stats, x, train=False,
                              dropout_key=None)
       logits = logits.astype(jnp.float32)
-      return {"logits": logits, "probabilities": probabilities(logits, num_classes)}
+      return {"logits": logits, "probabilities": losses.probabilities(config.loss, logits)}
 
     return infer
 
@@ -72,16 +73,6 @@ class RestoredModel:
 
   def __call__(self, images) -> dict[str, jax.Array]:
     return self._jitted(self.params, self.batch_stats, images)
-
-
-def probabilities(logits: jax.Array, num_classes: int) -> jax.Array:
-  """Class probabilities: a softmax over the logits, or, for a one-unit head of a
-  two-class run (loss=binary_cross_entropy), sigmoid(z) for class 1 and sigmoid(-z)
-  (that is 1 - sigmoid(z), without the rounding) for class 0."""
-  if logits.shape[-1] == 1 and num_classes == 2:
-    z = logits[..., 0]
-    return jnp.stack([jax.nn.sigmoid(-z), jax.nn.sigmoid(z)], axis=-1)
-  return jax.nn.softmax(logits, axis=-1)
 
 
 def restore(workdir: str | os.PathLike) -> RestoredModel:

@@ -7,6 +7,7 @@ import json
 import os
 
 from etils import epath
+import numpy as np
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
@@ -53,10 +54,41 @@ def plot_learning_curves(workdir: str | os.PathLike, title: str = "") -> epath.P
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.legend()
+  return _write_figure(fig, title, epath.Path(workdir) / "curves.png")
+
+
+def _write_figure(fig, title: str, path: epath.Path) -> epath.Path:
+  """Titles, lays out, saves and closes `fig`."""
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  out = epath.Path(workdir) / "curves.png"
-  save_png(fig, out)
-  plt.close(fig)
-  return out
+  save_png(fig, path)
+  pyplot().close(fig)
+  return path
+
+
+def plot_confusion_matrices(workdir: str | os.PathLike, matrices: dict,
+                            class_names, title: str = "") -> epath.Path:
+  """confusion_matrix.png: one panel per split (true class down, predicted across),
+  each cell shaded by its share of the true class's row and, up to 20 classes,
+  labelled with its count."""
+  plt = pyplot()
+  n = len(class_names)
+  side = min(12, max(4.5, 0.45 * n + 2))
+  fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side),
+                           squeeze=False)
+  for ax, (split, matrix) in zip(axes[0], matrices.items()):
+    counts = np.asarray(matrix)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+      for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                color="white" if rows[i, j] > 0.5 else "black")
+    ticks = np.arange(n) if n <= 40 else []
+    ax.set_xticks(ticks, [class_names[i] for i in ticks], rotation=45, ha="right",
+                  fontsize=8)
+    ax.set_yticks(ticks, [class_names[i] for i in ticks], fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"{split} ({counts.sum()} examples)")
+  return _write_figure(fig, title, epath.Path(workdir) / "confusion_matrix.png")

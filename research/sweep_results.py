@@ -2,7 +2,8 @@
 
 - results.csv: one row per finished run, its overrides and final metrics;
 - results.md: mean ± sample std over seeds (and cross-validation folds) per point, beside
-  the published figures;
+  the published figures, and, when the runs held out a validation split (or folds), the
+  point chosen on it with its test accuracy;
 - learning_curves.png, test_accuracy.png (or test_error.png) and gap.png.
 """
 
@@ -18,12 +19,17 @@ import numpy as np
 from research import plots
 from research import sweep as sweep_lib
 
-METRICS = ("train_accuracy", "test_accuracy", "generalization_gap", "train_loss",
-           "test_loss", "steps", "epochs", "wall_time_s", "stopped_early")
-# (column title, summary key, scale, decimals) of results.md.
-TABLE = (("train acc (%)", "train_accuracy", 100, 2), ("test acc (%)", "test_accuracy", 100, 2),
+METRICS = ("train_accuracy", "validation_accuracy", "test_accuracy", "generalization_gap",
+           "train_loss", "validation_loss", "test_loss", "validation_macro_f1",
+           "test_macro_f1", "steps", "epochs", "wall_time_s", "stopped_early")
+# (column title, summary key, scale, decimals) of results.md; the validation column only
+# when some run has a validation split.
+TABLE = (("train acc (%)", "train_accuracy", 100, 2),
+         ("val acc (%)", "validation_accuracy", 100, 2),
+         ("test acc (%)", "test_accuracy", 100, 2),
          ("gap (points)", "generalization_gap", 100, 2), ("steps", "steps", 1, 0),
          ("wall (s)", "wall_time_s", 1, 0))
+CHOOSE_ON = "validation_accuracy"
 
 
 def rows(jobs: Sequence["sweep_lib.Job"]) -> list[dict]:
@@ -77,7 +83,9 @@ def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
                    path: epath.Path, cv_folds: int = 0) -> None:
   published = [k for k in ("train_accuracy", "test_accuracy")
                if any(k in s["point"].published for s in stats)]
-  header = ["point", "runs" if cv_folds else "seeds", *(t for t, _, _, _ in TABLE),
+  chosen = chosen_on_validation(stats)
+  columns = [c for c in TABLE if c[1] != CHOOSE_ON or chosen]
+  header = ["point", "runs" if cv_folds else "seeds", *(t for t, _, _, _ in columns),
             *(f"published {k.split('_')[0]} (%)" for k in published)]
   asked = f"{num_seeds} seed(s) x {cv_folds} folds" if cv_folds else num_seeds
   lines = [f"# {sweep.title or 'Sweep results'}", "",
@@ -87,13 +95,24 @@ def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for s in stats:
     cells = [s["point"].label, str(s["n"])]
-    cells += [_cell(*s[key], scale, dec) for _, key, scale, dec in TABLE]
+    cells += [_cell(*s[key], scale, dec) for _, key, scale, dec in columns]
     cells += [f"{100 * s['point'].published[k]:.2f}" if k in s["point"].published else "–"
               for k in published]
     lines.append("| " + " | ".join(cells) + " |")
+  if chosen:
+    lines += ["", f"Chosen on validation accuracy: **{chosen['point'].label}** (validation "
+              f"{_cell(*chosen[CHOOSE_ON], 100, 2)}%). Its test accuracy, "
+              f"{_cell(*chosen['test_accuracy'], 100, 2)}%, is the one to report for this "
+              "sweep; choosing on the test column would overstate it."]
   if sweep.published_source:
     lines += ["", f"Published figures: {sweep.published_source}."]
   path.write_text("\n".join(lines) + "\n")
+
+
+def chosen_on_validation(stats: list[dict]) -> dict | None:
+  """The point with the best mean validation accuracy; None if no run held one out."""
+  measured = [s for s in stats if not math.isnan(s[CHOOSE_ON][0])]
+  return max(measured, key=lambda s: s[CHOOSE_ON][0]) if measured else None
 
 
 def x_value(point: "sweep_lib.Point", key: str) -> float:

@@ -25,6 +25,7 @@ from research import configs
 from research import errors
 from research import export
 from research import inference
+from research import losses
 from research import predict
 from research.training import loop
 
@@ -158,13 +159,13 @@ def test_docs_standalone_snippet_runs_with_jax_alone(exported_dir):
 
 def test_one_unit_head_gives_sigmoid_probabilities_for_two_classes():
   logits = np.array([[-3.0], [0.0], [40.0]], np.float32)
-  p = np.asarray(inference.probabilities(logits, num_classes=2))
+  p = np.asarray(losses.probabilities("binary_cross_entropy", logits))
   z = logits[:, 0].astype(np.float64)
   np.testing.assert_allclose(p[:, 1], 1 / (1 + np.exp(-z)), rtol=1e-6)
   # sigmoid(-z), not 1 - sigmoid(z), which rounds to 0 for z = 40
   np.testing.assert_allclose(p[:, 0], 1 / (1 + np.exp(z)), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(inference.probabilities(
-      np.array([[1.0, 1.0]], np.float32), num_classes=2)), [[0.5, 0.5]])
+  np.testing.assert_allclose(np.asarray(losses.probabilities(
+      "cross_entropy", np.array([[1.0, 1.0]], np.float32))), [[0.5, 0.5]])
 
 
 # --- research.predict ------------------------------------------------------------------

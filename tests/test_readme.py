@@ -21,7 +21,8 @@ import pytest
 from conftest import REPO
 
 DOCS = ("README.md", "docs/studies/README.md", "docs/performance.md",
-        "docs/several_hosts.md", "docs/data.md", "docs/own_data.md")
+        "docs/several_hosts.md", "docs/data.md", "docs/own_data.md",
+        "docs/binary_tasks.md", "docs/deploy.md")
 
 
 def commands(text: str) -> list[list[str]]:

@@ -3,6 +3,7 @@ the original distribution), decode it once, cache it, and carve the validation s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import hashlib
 import logging
@@ -12,6 +13,7 @@ import sys
 import time
 
 from research.data import cache as cache_lib
+from research.data import classes as classes_lib
 from research.data import download, formats, images, locate, mnist1d, splits, tfds_source
 from research.data.idx import FASHION_MNIST_CLASSES
 from research.data.types import (DATA_DIR_ENV, DOWNLOAD_MIRROR_ENV, DataError,
@@ -30,7 +32,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
                  validation_size: float | int = 0, split_seed: int = 0,
                  cache: bool = True, image_size: tuple[int, int] | None = None,
                  channels: int | None = None, on_bad_image: str = "error",
-                 remote: download.Remote | None = None) -> Dataset:
+                 remote: download.Remote | None = None,
+                 classes: Sequence[int | str] = ()) -> Dataset:
   """Loads a whole dataset into memory as uint8 images (float32 for mnist1d) and int32
   labels.
 
@@ -55,6 +58,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
   channels: 1 (grayscale) or 3 (RGB); None takes them from the data.
   on_bad_image: "error" refuses a file that does not decode, "skip" leaves it out with a
     warning; both name the file.
+  classes: keep only these classes (indices or names), relabelled 0..k-1 in this order,
+    before the validation split is carved; () keeps all.
   """
   if source not in SOURCES:
     raise DataError(f"source={source!r} must be one of {SOURCES}")
@@ -74,7 +79,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
     if options.size or options.channels:
       raise DataError("dataset 'mnist1d' holds 1-D sequences, not images: leave "
                       "config.image_size and config.channels unset.")
-    return _finish(name, mnist1d.generate(), validation_size, split_seed)
+    return _finish(name, mnist1d.generate(), validation_size, split_seed, classes)
   is_folder = name == "folder"
   explicit_dir = os.fspath(data_dir) if data_dir else None
   tried, tfds_reasons, download_reasons = [], [], []
@@ -116,16 +121,17 @@ def load_dataset(name: str, data_dir: str | None = None, *, source: str = "auto"
   if loaded is None:
     raise DataNotFoundError(_not_found_message(name, source, tried, tfds_reasons,
                                                download_reasons, is_folder))
-  return _finish(name, loaded, validation_size, split_seed)
+  return _finish(name, loaded, validation_size, split_seed, classes)
 
 
 def _finish(name: str, loaded: tuple[Decoded, str], validation_size: float | int,
-            split_seed: int) -> Dataset:
+            split_seed: int, classes: Sequence[int | str]) -> Dataset:
   decoded, where = loaded
   if decoded.skipped:
     log.warning("config.on_bad_image='skip' left out %d file(s) that are not images or are "
                 "corrupt:\n  %s", len(decoded.skipped), "\n  ".join(decoded.skipped))
     where += f" ({len(decoded.skipped)} bad file(s) skipped)"
+  decoded = classes_lib.select(decoded, classes)
   train, validation = splits.carve_validation(decoded.train, validation_size, split_seed)
   return Dataset(name=name, train=train, validation=validation, test=decoded.test,
                  class_names=decoded.class_names, source=where)

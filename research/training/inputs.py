@@ -19,15 +19,16 @@ def load_data(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
 
 
 def load_full(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
-  """The whole dataset that `config` names, with its validation split carved out: the
-  held-out `validation_size`, or cross-validation fold `cv_fold` of `cv_folds`. The test
-  split is never touched."""
+  """The whole dataset that `config` names (its `config.classes`), with its validation
+  split carved out: the held-out `validation_size`, or cross-validation fold `cv_fold` of
+  `cv_folds`. The test split is never touched."""
   dataset = data_lib.load_dataset(
       config.dataset, config.data_dir or None, source=config.data_source,
       validation_size=config.validation_size, split_seed=config.split_seed,
       image_size=tuple(config.image_size) or None, channels=config.channels or None,
       on_bad_image=config.on_bad_image,
-      remote=download.remote(config.dataset, config.download_mirror))
+      remote=download.remote(config.dataset, config.download_mirror),
+      classes=tuple(config.classes))
   if not config.cv_folds:
     return dataset
   train, validation = splits.carve_fold(dataset.train, config.cv_folds, config.cv_fold,

@@ -85,12 +85,12 @@ def make_eval_fn(cfg: StepConfig, mesh, batch_size: int, tuning: Tuning = Tuning
 
   eval_batch = tuning.dispatch(eval_batch)
 
-  def evaluate(state, images, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example losses and predictions for the whole split, fetched once."""
+  def evaluate(state, images, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-example losses, predictions and class probabilities for the whole split,
+    fetched once."""
     size = labels.shape[0]
     results = jax.device_get([eval_batch(state, images, labels, size, i)
                               for i in range(-(-size // batch_size))])
-    return (np.concatenate([r[0] for r in results])[:size],
-            np.concatenate([r[1] for r in results])[:size])
+    return tuple(np.concatenate([r[k] for r in results])[:size] for k in range(3))
 
   return evaluate

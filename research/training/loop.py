@@ -17,6 +17,7 @@ from research import compilation_cache
 from research import configs
 from research import data as data_lib
 from research import errors
+from research import losses as losses_lib
 from research import metrics as metrics_lib
 from research import outputs
 from research import plots
@@ -106,8 +107,12 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
                  reported_step=int(run.state.step), resumed_from_step=run.resumed_from)
   run.writer.write_summary(summary)
   if run.writer.writes:
-    plots.plot_learning_curves(run.writer.path,
-                               title=f"{config.model} on {run.dataset.name}")
+    title = f"{config.model} on {run.dataset.name}"
+    plots.plot_learning_curves(run.writer.path, title=title)
+    plots.plot_confusion_matrices(
+        run.writer.path, {split: summary[f"{split}_confusion_matrix"]
+                          for split in ("validation", "test") if split in run.eval_splits},
+        run.dataset.class_names, title=title)
   return summary
 
 
@@ -149,7 +154,8 @@ class Run:
   train_progress: TrainProgress
   resumed_from: int | None = None
   hooks: Hooks = dataclasses.field(default_factory=Hooks)
-  final_evals: dict = dataclasses.field(default_factory=dict)  # split -> (record, preds)
+  # split -> (record, predictions, probabilities) of its last evaluation
+  final_evals: dict = dataclasses.field(default_factory=dict)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str,
@@ -179,7 +185,10 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
                   hooks: Hooks) -> Run:
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_size(config.batch_size, mesh)
-  cfg = StepConfig.from_config(config, mesh.size)   # checks micro_batch_size per shard
+  class_weights = losses_lib.class_weights(config.class_weights, dataset.train.labels,
+                                           dataset.num_classes)
+  # Checks micro_batch_size per shard.
+  cfg = StepConfig.from_config(config, mesh.size, class_weights)
   steps_per_epoch = len(dataset.train.labels) // config.batch_size   # >= 1: preflight
   model = create_run_model(config, dataset.image_shape, dataset.num_classes)
   if (cfg.micro_batches > 1 and not config.ghost_batch_norm
@@ -236,6 +245,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       f"{count_params(run.state):,} parameters on {where['count']} {where['platform']} "
       f"device(s) ({where['kind']}) in {where['processes']} process(es); "
       f"XLA_FLAGS={where['xla_flags'] or '(none)'}")
+  if class_weights:
+    run.progress.log("class weights of the training loss: " + ", ".join(
+        f"{name} {w:.4g}" for name, w in zip(dataset.class_names, class_weights)))
   if resumed_from is not None:
     run.progress.log(f"resuming from checkpoint step {resumed_from} (epoch "
                      f"{resumed_from / steps_per_epoch:.2f}) in {checkpoints.directory}")
@@ -379,58 +391,71 @@ def _evaluate_epoch(run: Run, epoch: int) -> bool:
     return False
   records = {}
   for name in run.eval_splits:
-    records[name], preds = evaluate_split(run, name)
-    run.final_evals[name] = (records[name], preds)
-    run.progress.log(f"epoch {epoch} {name} loss {records[name]['loss']:.4f} "
-                     f"acc {records[name]['accuracy']:.2%}")
+    run.final_evals[name] = evaluate_split(run, name)
+    records[name] = record = run.final_evals[name][0]
+    auc = f" AUC {record['roc_auc']:.4f}" if record.get("roc_auc") is not None else ""
+    run.progress.log(f"epoch {epoch} {name} loss {record['loss']:.4f} "
+                     f"acc {record['accuracy']:.2%} macro F1 {record['macro_f1']:.4f}{auc}")
   if "train_eval" in records:
     gap = records["train_eval"]["accuracy"] - records["test"]["accuracy"]
     run.progress.log(f"epoch {epoch} generalisation gap (train_eval - test accuracy) "
                      f"{100 * gap:.2f} points")
   if not config.best_metric:
     return False
-  split, key = config.best_metric.rsplit("_", 1)
+  split, key = config.best_metric.split("_", 1)
   return tp.update_best(config.best_metric, records[split][key], int(run.state.step),
                         configs.best_mode(config), config.early_stopping_patience)
 
 
-def evaluate_split(run: Run, name: str, log: bool = True) -> tuple[dict, np.ndarray]:
-  """Evaluates one split in inference mode, logs the record, returns it and the
-  predictions."""
+def evaluate_split(run: Run, name: str,
+                   log: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+  """Evaluates one split in inference mode, logs the record (loss, accuracy, macro F1,
+  and ROC AUC for two classes), returns it, the predictions and the class
+  probabilities."""
   cached = run.final_evals.get(name)
   if cached and cached[0]["step"] == int(run.state.step) and not log:
     return cached
   images, labels = run.eval_splits[name]
-  losses, preds = run.evaluate(run.state, images, labels)
+  losses, preds, probs = run.evaluate(run.state, images, labels)
+  labels = np.asarray(labels)
+  report = _report(run, labels, preds, probs)
   step = int(run.state.step)
   record = {"step": step, "epoch": step / run.steps_per_epoch, "split": name,
-            "loss": float(losses.mean()),
-            "accuracy": float(np.mean(preds == np.asarray(labels)))}
+            "loss": float(losses.mean()), "accuracy": float(np.mean(preds == labels)),
+            "macro_f1": report["macro_f1"]}
+  if "roc_auc" in report:
+    record["roc_auc"] = report["roc_auc"]
   if log:
     run.writer.log_metrics(record)
-  return record, preds
+  return record, preds, probs
+
+
+def _report(run: Run, labels: np.ndarray, preds: np.ndarray, probs: np.ndarray) -> dict:
+  """metrics.classification_report, scoring class 1 by its probability."""
+  num_classes = run.dataset.num_classes
+  return metrics_lib.classification_report(
+      labels, preds, num_classes, run.dataset.class_names,
+      scores=probs[:, 1] if num_classes == 2 else None)
 
 
 def summarize(run: Run, log: bool = False) -> dict:
   """Final metrics on every split, and where and with what they were obtained. The loop
   has already logged the evaluation of the last step."""
   dataset, config = run.dataset, run.config
-  test, test_preds = evaluate_split(run, "test", log)
-  report = metrics_lib.classification_report(dataset.test.labels, test_preds,
-                                             dataset.num_classes)
-  summary = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
-             "test_macro_precision": report["macro_precision"],
-             "test_macro_recall": report["macro_recall"],
-             "test_macro_f1": report["macro_f1"],
-             "test_confusion_matrix": report["confusion_matrix"]}
-  if "validation" in run.eval_splits:
-    val, _ = evaluate_split(run, "validation", log)
-    summary.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
+  summary = {}
+  for name, split in (("test", dataset.test), ("validation", dataset.validation)):
+    if name in run.eval_splits:
+      summary.update(_split_summary(run, name, split.labels, log))
+  if dataset.num_classes == 2:
+    summary["positive_class"] = dataset.class_names[1]
+  if config.class_weights:
+    summary["class_weights"] = list(losses_lib.class_weights(
+        config.class_weights, dataset.train.labels, dataset.num_classes))
   if config.final_train_eval:
     if "train_eval" in run.eval_splits and not config.eval_train_size:
-      train, _ = evaluate_split(run, "train_eval", log)   # the whole split: reuse it
+      train, _, _ = evaluate_split(run, "train_eval", log)   # the whole split: reuse it
     else:
-      losses, preds = run.evaluate(run.state, *run.train_split)
+      losses, preds, _ = run.evaluate(run.state, *run.train_split)
       train = {"accuracy": float(np.mean(preds == dataset.train.labels)),
                "loss": float(losses.mean())}
     summary.update(train_accuracy=train["accuracy"], train_loss=train["loss"],
@@ -441,3 +466,14 @@ def summarize(run: Run, log: bool = False) -> dict:
       devices=runtime.describe(run.mesh), versions=outputs.library_versions(),
       git_commit=outputs.git_commit())
   return summary
+
+
+def _split_summary(run: Run, name: str, labels: np.ndarray, log: bool) -> dict:
+  """NAME_loss, NAME_accuracy and the rest of NAME's classification report: per-class
+  precision, recall and F1 with their averages, the confusion matrix, and for two
+  classes the positive class's scores and the ROC AUC."""
+  record, preds, probs = evaluate_split(run, name, log)
+  report = _report(run, labels, preds, probs)
+  return {f"{name}_{key}": value
+          for key, value in {**report, "accuracy": record["accuracy"],
+                             "loss": record["loss"]}.items()}

@@ -18,7 +18,8 @@ from research.training import inputs
 
 # The keys that decide which arrays `inputs.load_full` returns.
 DATA_KEYS = ("dataset", "data_dir", "data_source", "download_mirror", "validation_size",
-             "split_seed", "cv_folds", "cv_fold", "image_size", "channels", "on_bad_image")
+             "split_seed", "cv_folds", "cv_fold", "image_size", "channels", "on_bad_image",
+             "classes")
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from research import configs
+from research import losses
 from research.models import create_model
 
 
@@ -40,8 +41,10 @@ def call_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State
 
 def create_run_model(config, image_shape, num_classes: int) -> nnx.Module:
   """The model a run of `config` trains on images of `image_shape` with `num_classes`
-  classes; training and inference (research/inference.py) both build it here."""
-  return create_model(config.model, input_shape=image_shape, num_classes=num_classes,
+  classes (a one-unit head for loss=binary_cross_entropy); training and inference
+  (research/inference.py) both build it here."""
+  return create_model(config.model, input_shape=image_shape,
+                      num_classes=losses.num_outputs(config.loss, num_classes),
                       seed=config.seed, **configs.model_kwargs(config))
 
 

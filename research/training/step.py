@@ -37,13 +37,16 @@ class StepConfig:
   micro_batches: int = 1   # gradients accumulated over this many slices of each shard
   data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
   compute_dtype: str = "float32"   # of the images; the model's layers are built with it
+  class_weights: tuple[float, ...] = ()   # of the train loss, per class; () = none
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict,
-                  num_devices: int = 1) -> "StepConfig":
+  def from_config(cls, config: ml_collections.ConfigDict, num_devices: int = 1,
+                  class_weights: tuple[float, ...] = ()) -> "StepConfig":
+    """`class_weights`: config.class_weights resolved against the training labels
+    (losses.class_weights)."""
     derived = {"augment": preprocess.parse_augment(config.augment),
                "micro_batches": micro_batches(config, num_devices),
-               "data_shards": num_devices}
+               "data_shards": num_devices, "class_weights": tuple(class_weights)}
     taken = {f.name: _typed(f.default, config[f.name]) for f in dataclasses.fields(cls)
              if f.name not in derived}
     return cls(**taken, **derived)
@@ -113,7 +116,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   def loss_fn(params, images, labels, dropout_key, batch_stats):
     logits, batch_stats = apply_model(state, params, images, train=True,
                                       dropout_key=dropout_key, batch_stats=batch_stats)
-    loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing).mean()
+    loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing,
+                                   cfg.class_weights).mean()
     if cfg.l1 or cfg.l2:
       loss = loss + penalty(params, cfg.l1, cfg.l2)
     chex.assert_type([logits, loss], jnp.float32)
@@ -134,7 +138,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
   metrics = {"loss": loss,
-             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+             "accuracy": jnp.mean(losses.predictions(cfg.loss, logits) == batch["label"])}
   return new_state, metrics
 
 
@@ -172,10 +176,12 @@ def in_slices(grad_fn, micro_batches: int, data_shards: int):
 
 
 def eval_step(state: TrainState, batch: dict, cfg: StepConfig):
-  """Per-example losses and predicted classes, in inference mode."""
+  """Per-example losses (unweighted), predicted classes and class probabilities (N,
+  classes), in inference mode."""
   logits, _ = apply_model(state, state.params, _normalize(batch["image"], cfg), train=False)
   loss = losses.per_example_loss(cfg.loss, logits, batch["label"], 0.0)
-  return loss, jnp.argmax(logits, -1)
+  return (loss, losses.predictions(cfg.loss, logits),
+          losses.probabilities(cfg.loss, logits))
 
 
 def _normalize(images: jax.Array, cfg: StepConfig) -> jax.Array:
