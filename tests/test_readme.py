@@ -11,11 +11,14 @@ import importlib
 import importlib.util
 import json
 import os
+import pathlib
 import re
 import shlex
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
 import pytest
 
 from conftest import REPO
@@ -34,7 +37,7 @@ def commands(text: str) -> list[list[str]]:
   found = []
   for block in code:
     for line in block.replace("\\\n", " ").splitlines():
-      for start in re.finditer(r"python -m (experiments|benchmarks)\.[a-z_]+\b", line):
+      for start in re.finditer(r"python -m (experiments|benchmarks|research)\.[a-z_]+\b", line):
         rest = re.split(r"\s(?:&&|\|\||;|\||>)\s|;", line[start.start():])[0]
         if rest.count("'") % 2:   # the end of a quoted remote command, e.g. gcloud's
           rest = rest[:rest.rindex("'")]
@@ -93,7 +96,7 @@ def test_quick_start_smoke_run_then_eval_on_its_workdir(data_dir, tmp_path):
 
 
 def test_grid_sweep_example_runs_every_point(data_dir, tmp_path):
-  argv = readme_command("--grid")
+  argv = readme_command("--grid", "mnist_mlp")
   grid = json.loads(next(a.split("=", 1)[1] for a in argv if a.startswith("--grid=")))
   module = argv[2].split(".")[1]
   # The README's sweep at the smoke size: one seed, the smoke variant's data and epochs.
@@ -109,6 +112,82 @@ def test_grid_sweep_example_runs_every_point(data_dir, tmp_path):
   rows = (tmp_path / "results.csv").read_text().splitlines()[1:]
   assert len(rows) == len(points)
   assert (tmp_path / "results.md").exists()
+
+
+def _photo(rng, size, mode, bright_top: bool) -> Image.Image:
+  """A noisy photo whose class is which half is bright (top or bottom, which the main
+  job's flips keep), in any size and mode."""
+  height, width = size
+  pixels = rng.integers(0, 60, (height, width, 3))
+  half = slice(0, height // 2) if bright_top else slice(height // 2, height)
+  pixels[half] += 180
+  image = Image.fromarray(pixels.astype(np.uint8))
+  return image.convert(mode) if mode != "RGB" else image
+
+
+def _photo_tree(root, counts: dict, seed: int) -> None:
+  rng = np.random.default_rng(seed)
+  sizes, modes = [(40, 30), (72, 96), (64, 64), (33, 50)], ["RGB", "L", "RGBA", "P"]
+  for split, per_class in counts.items():
+    for label, name in enumerate(("cat", "dog")):
+      folder = root / split / name if split else root
+      folder.mkdir(parents=True, exist_ok=True)
+      for i in range(per_class):
+        photo = _photo(rng, sizes[i % 4], modes[i % 4], bright_top=label == 0)
+        suffix = ".jpg" if photo.mode in ("RGB", "L") else ".png"
+        photo.save(folder / f"{name if not split else ''}{i:03d}{suffix}")
+
+
+# The walkthrough at a test's size: a quarter of the VGG's widths on 16x16 images, 3 epochs.
+SMALL = ["--config.model_kwargs.width_multiplier=0.25", "--config.num_epochs=3", "--config.batch_size=16",
+         "--config.warmup_epochs=0", "--config.eval_batch_size=64"]
+
+
+def test_own_photos_walkthrough_train_choose_predict_export(tmp_path):
+  """'From a folder of photos to an exported model', command by command, on photos of
+  mixed sizes and modes whose class is known."""
+  photos, new = tmp_path / "photos", tmp_path / "new_photos"
+  _photo_tree(photos, {"train": 40, "test": 10}, seed=0)
+  _photo_tree(new, {"": 4}, seed=1)        # cat000.jpg ... dog003.png, loose in one folder
+
+  def step(*must_have):
+    argv = readme_command(*must_have)
+    for flag, value in (("--workdir", str(tmp_path / "runs" / argv[argv.index("--workdir") + 1]
+                                          .split("/")[-1]) if "--workdir" in argv else None),
+                        ("--config.data_dir", str(photos))):
+      if value and any(a.startswith(flag) for a in argv):
+        argv = with_flag(argv, flag, value)
+    return argv
+
+  train = step("--config.image_size", "--config.best_metric")
+  run(with_flag(train, "--config.image_size", "(16, 16)") + SMALL, tmp_path)
+  workdir = tmp_path / "runs" / "photos"
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["validation_per_class"].keys() == {"cat", "dog"}
+  assert (workdir / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+
+  sweep = step("--grid", "experiments.cifar_cnn")
+  run(with_flag(sweep, "--config.image_size", "(16, 16)") + SMALL + ["--parallel=2"], tmp_path)
+  assert "Chosen on validation accuracy: **learning_rate=" in \
+      (tmp_path / "runs" / "photos_lr" / "results.md").read_text()
+
+  predict = [a if a != "new_photos/" else str(new) for a in step("research.predict")]
+  predict = with_flag(predict, "--output", str(tmp_path / "preds.csv"))
+  run(predict, tmp_path)
+  rows = (tmp_path / "preds.csv").read_text().splitlines()[1:]
+  assert len(rows) == 8
+  for row in rows:     # each new photo's top class is its true one
+    image, top_class = row.split(",")[:2]
+    assert pathlib.Path(image).name.startswith(top_class), row
+
+  export = with_flag(step("research.export"), "--out", str(tmp_path / "model.bin"))
+  run(export, tmp_path)
+  from research import exported
+  model = exported.load(tmp_path / "model.bin")
+  images = np.stack([np.asarray(_photo(np.random.default_rng(2), (16, 16), "RGB", top))
+                     for top in (True, False)])
+  probabilities = model(images)["probabilities"]
+  assert [model.class_names[i] for i in probabilities.argmax(-1)] == ["cat", "dog"]
 
 
 def _product(grid: dict) -> list[dict]:
