@@ -166,7 +166,7 @@ def test_scan_conv_grads_smoke():
 
 def test_end_to_end_benchmark_smoke(tmp_path, data_dir):
   out = tmp_path / "e2e.json"
-  stdout = _run(["benchmarks.end_to_end", "--recipes=s4", "--epochs=1", "--repeats=2",
+  stdout = _run(["benchmarks.end_to_end", "--recipes=s4", "--epochs=1", "--repeats=1",
                  "--train_subset=256", "--test_subset=128", f"--json_out={out}"],
                 env={"RESEARCH_DATA_DIR": str(data_dir)})
   assert "| S4 LeNet-5" in stdout
@@ -178,7 +178,7 @@ def test_end_to_end_benchmark_smoke(tmp_path, data_dir):
   for r in rows:
     assert r["train_images"] == 256 and r["test_images"] == 128 and r["epochs"] == 1
     assert 0.0 <= r["test_accuracy"] <= 1.0 and r["wall_time_s"] > 0
-    assert len(r["wall_times_s"]) == 2 and r["wall_time_s"] == min(r["wall_times_s"])
+    assert r["wall_times_s"] == [r["wall_time_s"]]
 
 
 ACCELERATOR_PARTS = ["matmul_peak", "main_job", "bfloat16", "steps_per_call",

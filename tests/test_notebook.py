@@ -65,7 +65,7 @@ def test_colab_notebook_runs_the_main_job_and_a_sweep_off_colab(data_dir, tmp_pa
   assert "main job: test accuracy" in text
   tables = [o["data"]["text/markdown"] for c in notebook.cells for o in c.get("outputs", [])
             if "text/markdown" in o.get("data", {})]
-  assert len(tables) == 1 and "| none | 1 |" in tables[0] and "| crop+wd | 1 |" in tables[0]
+  assert len(tables) == 1 and "| none | 1 |" in tables[0] and "| crop+rotate+scale+wd | 1 |" in tables[0]
   assert _images(notebook) == 4   # the main job's curves and the sweep's three figures
   assert (tmp_path / "cifar_cnn" / "summary.json").exists()
   config = json.loads((tmp_path / "cifar_cnn" / "config.json").read_text())

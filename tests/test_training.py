@@ -173,7 +173,7 @@ def test_bad_config_values_name_the_key():
   with pytest.raises(ValueError, match="config.optimizer"):
     configs.validate(c)
   c = configs.base_config()
-  c.augment = "crop,rotate"
+  c.augment = "crop,shear"
   with pytest.raises(ValueError, match="config.augment"):
     configs.validate(c)
   c = configs.base_config()
