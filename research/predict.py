@@ -26,8 +26,6 @@ import io
 import json
 import pathlib
 import sys
-import tarfile
-import zipfile
 
 from absl import app
 from absl import flags
@@ -80,16 +78,9 @@ def _archive_members(path: pathlib.Path) -> Iterator[tuple[str, bytes | str]]:
   """Every file member of a tar (streamed) or zip archive; a corrupt archive ends with
   why."""
   try:
-    if archives.is_zip_name(path):
-      with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-          if not info.is_dir() and images_lib.is_class_member(info.filename):
-            yield f"{path}:{info.filename}", archive.read(info)
-    else:
-      with tarfile.open(path, mode="r|*") as archive:
-        for member in archive:
-          if member.isfile() and images_lib.is_class_member(member.name):
-            yield f"{path}:{member.name}", archive.extractfile(member).read()
+    for name, _, read in archives.members(path):
+      if images_lib.is_class_member(name):
+        yield f"{path}:{name}", read()
   except Exception as e:  # pylint: disable=broad-except  (tarfile, zipfile, lzma, zlib...)
     yield str(path), f"cannot read the archive: {type(e).__name__}: {e}"
 

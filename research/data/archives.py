@@ -36,14 +36,26 @@ def is_zip_name(path: pathlib.Path) -> bool:
   return path.name.lower().endswith(ZIP_SUFFIXES)
 
 
+def members(path: pathlib.Path) -> Iterator[Member]:
+  """Every file member of a zip, or of a tar in one streaming pass; a member's bytes can
+  be read only while it is the current one."""
+  if is_zip_name(path):
+    with zipfile.ZipFile(path) as zip_file:
+      for info in zip_file.infolist():
+        if not info.is_dir():
+          yield info.filename, info.file_size, lambda info=info: zip_file.read(info)
+  else:
+    with tarfile.open(path, mode="r|*") as tar:
+      for m in tar:
+        if m.isfile():
+          yield m.name, m.size, lambda m=m: tar.extractfile(m).read()
+
+
 def read_tar(path: pathlib.Path, idx_class_names: tuple[str, ...] | None,
              options: ImageOptions = ImageOptions()) -> tuple[Decoded, str]:
   """(decoded data, a description of the layout that was found)."""
   try:
-    with tarfile.open(path, mode="r|*") as tar:
-      members = ((m.name, m.size, lambda m=m: tar.extractfile(m).read())
-                 for m in tar if m.isfile())
-      return _read_members(path, "tar", members, idx_class_names, options)
+    return _read_members(path, "tar", members(path), idx_class_names, options)
   except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as e:
     raise CorruptDataError(f"cannot read archive {path}: {type(e).__name__}: {e}; the archive is "
                            f"truncated or corrupt, download it again") from e
@@ -53,10 +65,7 @@ def read_zip(path: pathlib.Path, idx_class_names: tuple[str, ...] | None,
              options: ImageOptions = ImageOptions()) -> tuple[Decoded, str]:
   """As read_tar, for a zip archive; each member is decompressed in memory."""
   try:
-    with zipfile.ZipFile(path) as zip_file:
-      members = ((info.filename, info.file_size, lambda info=info: zip_file.read(info))
-                 for info in zip_file.infolist() if not info.is_dir())
-      return _read_members(path, "zip", members, idx_class_names, options)
+    return _read_members(path, "zip", members(path), idx_class_names, options)
   except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error,
           NotImplementedError) as e:
     raise CorruptDataError(f"cannot read archive {path}: {type(e).__name__}: {e}; the archive is "
