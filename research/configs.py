@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.normalize = "auto"            # auto | none | explicit
   c.normalize_mean = ()           # per channel; set only with normalize='explicit'
   c.normalize_std = ()
-  c.augment = "none"              # comma-separated: crop, flip, cutout, rotate, scale
+  c.augment = "none"              # comma-separated: crop, flip, cutout, rotate, scale,
+                                  # alternating_flip (preprocess.py)
   c.crop_padding = 4
   c.crop_fill = "zero"            # crop's padding: zero (the mean) | reflect (airbench)
   c.cutout_size = 8               # side of the square that `cutout` zeroes (the mean)

@@ -19,6 +19,7 @@ from research import inference
 from research import optim
 from research import preprocess
 from research.models import airbench
+from research.models import MODELS
 from research.training import averaging
 from research.training import loop
 from research.training.state import TrainState
@@ -209,6 +210,21 @@ def test_a_lookahead_run_serves_its_average_and_resumes_exactly(tiny_folder, tmp
   lines = lambda d: [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"}
                      for line in (d / "metrics.jsonl").read_text().splitlines()]
   assert lines(tmp_path / "run") == lines(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("name,kwargs", [("airbench", {"widths": (4, 4, 4)}), ("vgg", {}),
+                                         ("mnist_cnn", {"batch_norm": True}),
+                                         ("mlp", {"batch_norm": True})])
+def test_bn_bias_mask_selects_exactly_the_batch_norm_biases(name, kwargs):
+  """bn_bias_lr_multiplier finds BatchNorm layers by name (norm*): every model's."""
+  model = nnx.eval_shape(lambda: MODELS[name](input_shape=(28, 28, 1), num_classes=3,
+                                               rngs=nnx.Rngs(params=0), **kwargs))
+  expected = {(*path, "bias") for path, node in nnx.iter_graph(model)
+              if isinstance(node, nnx.BatchNorm)}
+  mask = optim._batch_norm_bias_mask(nnx.state(model, nnx.Param))
+  selected = {tuple(getattr(k, "key", None) for k in path)[:-1]
+              for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0] if leaf}
+  assert selected == expected and expected
 
 
 def test_triangular_schedule_bn_bias_multiplier_and_muon():
