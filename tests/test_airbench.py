@@ -20,6 +20,7 @@ from research import optim
 from research import preprocess
 from research.models import airbench
 from research.models import MODELS
+from research.models import create_model
 from research.training import averaging
 from research.training import loop
 from research.training.state import TrainState
@@ -36,8 +37,8 @@ def correlated_images(n=24, size=12, seed=0) -> np.ndarray:
 
 def test_whitening_layer_whitens_the_training_patches():
   images = correlated_images()
-  model = airbench.Airbench(input_shape=images.shape[1:], num_classes=3,
-                            rngs=nnx.Rngs(params=0), widths=(4, 4, 4), whitening_eps=1e-9)
+  model = create_model("airbench", input_shape=images.shape[1:], num_classes=3,
+                       widths=(4, 4, 4), whitening_eps=1e-9)
   model.init_from_data(images)
   out = np.asarray(model.whiten(jnp.asarray(images, jnp.float32))
                    - model.whiten_bias[...]).reshape(-1, 24)
@@ -49,8 +50,8 @@ def test_whitening_layer_whitens_the_training_patches():
 
 
 def test_whitening_filters_are_state_not_parameters():
-  model = airbench.Airbench(input_shape=(16, 16, 1), num_classes=3, rngs=nnx.Rngs(params=0),
-                            widths=(4, 4, 4))
+  model = nnx.eval_shape(lambda: airbench.Airbench(
+      input_shape=(16, 16, 1), num_classes=3, rngs=nnx.Rngs(params=0), widths=(4, 4, 4)))
   _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   assert "whiten_kernel" in stats and "whiten_kernel" not in params
   assert "scale" not in params["blocks"][0]["norm1"]          # frozen BatchNorm scales
@@ -58,8 +59,9 @@ def test_whitening_filters_are_state_not_parameters():
 
 @pytest.mark.parametrize("fan_in,fan_out", [(4, 6), (6, 4), (5, 5)])
 def test_dirac_init_makes_a_conv_the_identity(fan_in, fan_out):
-  conv = nnx.Conv(fan_in, fan_out, (3, 3), padding="SAME", use_bias=False,
-                  kernel_init=airbench.dirac_init(), rngs=nnx.Rngs(params=0))
+  conv = nnx.jit(lambda: nnx.Conv(fan_in, fan_out, (3, 3), padding="SAME", use_bias=False,
+                                  kernel_init=airbench.dirac_init(),
+                                  rngs=nnx.Rngs(params=0)))()
   x = jax.random.normal(jax.random.key(1), (2, 7, 7, fan_in))
   y = conv(x)
   n = min(fan_in, fan_out)
