@@ -4,6 +4,7 @@ import jax
 import ml_collections
 import optax
 
+from research import compression
 from research import errors
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta")
@@ -68,4 +69,6 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     raise errors.ConfigError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
   if wd and name != "adamw":
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
+  if config.prune_sparsity:   # last, so that nothing before it moves a pruned weight
+    tx = optax.chain(tx, compression.hold_pruned())
   return tx, schedule

@@ -14,6 +14,7 @@ import numpy as np
 
 from research import checkpoint as checkpoint_lib
 from research import compilation_cache
+from research import compression
 from research import configs
 from research import data as data_lib
 from research import errors
@@ -207,8 +208,10 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       async_saves=checkpoint_lib.async_saves(config.async_checkpoints,
                                              mesh.devices.flat[0].platform))
   tuning = tuning_lib.for_mesh(mesh, config)
-  state = jax.device_put(create_train_state(model, tx, tuning.model_fn),
-                         sharding.replicated(mesh))
+  state, compressed = compression.start_state(create_train_state(model, tx, tuning.model_fn),
+                                              config, dataset.class_names,
+                                              dataset.image_shape)
+  state = jax.device_put(state, sharding.replicated(mesh))
   state, train_progress, resumed_from = resume.restore(checkpoints, state, writer, config,
                                                        steps_per_epoch)
   if training:
@@ -245,6 +248,8 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       f"{count_params(run.state):,} parameters on {where['count']} {where['platform']} "
       f"device(s) ({where['kind']}) in {where['processes']} process(es); "
       f"XLA_FLAGS={where['xla_flags'] or '(none)'}")
+  for note in compressed:
+    run.progress.log(note)
   if class_weights:
     run.progress.log("class weights of the training loss: " + ", ".join(
         f"{name} {w:.4g}" for name, w in zip(dataset.class_names, class_weights)))
@@ -463,6 +468,7 @@ def summarize(run: Run, log: bool = False) -> dict:
   summary.update(
       dataset=dataset.name, data_source=dataset.source, class_names=list(dataset.class_names),
       model=config.model, num_params=count_params(run.state),
+      **compression.size_report(run.state.params, run.state.batch_stats, config.quantize),
       devices=runtime.describe(run.mesh), versions=outputs.library_versions(),
       git_commit=outputs.git_commit())
   return summary
