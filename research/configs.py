@@ -79,6 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_norm = "auto"           # auto (model default) | on | off
   c.width_multiplier = 1.0        # scales hidden widths and channels; 1 = as defined
   c.depth_multiplier = 1          # repeats each MLP hidden layer / VGG conv; 1 = as defined
+  # Transfer learning (docs/transfer.md). init_from: a finished run's workdir whose
+  # parameters and BatchNorm statistics start a fresh run (not a resumed one); the head
+  # (research/models HEAD) is re-initialised unless the classes are the same. '' = off.
+  # Checked when the run starts, not here: a sweep may plan a run before its source exists.
+  c.init_from = ""
   # Optimisation.
   c.optimizer = "adam"
   c.learning_rate = 1e-3
