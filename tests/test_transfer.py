@@ -1,11 +1,9 @@
 """Transfer learning: config.init_from copies exactly the backbone (and a head for the
 same classes), refuses another architecture with a message naming both runs, and says
-why a run cannot start from a workdir."""
+why a run cannot start from a workdir (the command line turns these ConfigErrors into
+exit code 2); config.freeze keeps a backbone bitwise fixed; config.train_per_class."""
 
 import json
-import os
-import subprocess
-import sys
 
 from flax import nnx
 import jax
@@ -13,12 +11,14 @@ import numpy as np
 import pytest
 
 import synthetic_data
-from conftest import REPO
 from research import configs
 from research import errors
 from research import inference
+from research import optim
 from research.models import is_head
+from research.training import inputs
 from research.training import loop
+from research.training import preflight
 from research.training.state import create_run_model
 
 CLASSES = ("a", "b", "c")
@@ -101,14 +101,54 @@ def test_init_from_copies_the_backbone_and_a_head_only_for_the_same_classes(
   assert ("head.kernel" in report["initialised"]["arrays"]) == (not head_copied)
 
 
-def test_a_resumed_run_keeps_its_own_weights(folder, source, tmp_path):
-  """init_from starts a fresh run only: re-running resumes from the run's checkpoint."""
-  config = _config(folder, init_from=str(source), classes=("b", "c"), num_epochs=1)
-  finished, _ = loop.run_training(config, str(tmp_path))
+def test_a_frozen_backbone_is_bitwise_unchanged_while_the_head_trains(folder, source,
+                                                                     tmp_path):
+  """Parameters and BatchNorm statistics of the backbone stay the source's through
+  training; then re-running resumes the trained run instead of starting from the
+  source again."""
+  config = _config(folder, init_from=str(source), classes=("b", "c"), freeze="backbone",
+                   num_epochs=1, learning_rate=0.1)
+  trained, _ = loop.run_training(config, str(tmp_path))
+  assert int(trained.step) == 2
+  restored = inference.restore(source)
+  old = {**_flat(restored.params), **_flat(restored.batch_stats)}
+  new = {**_flat(trained.params), **_flat(trained.batch_stats)}
+  fresh_model = create_run_model(config, (8, 8, 3), 2)
+  fresh_head = _flat(nnx.state(fresh_model.head, nnx.Param))
+  for path, value in new.items():
+    if is_head(path):
+      assert not np.array_equal(value, fresh_head[path[1:]]), path
+    else:
+      np.testing.assert_array_equal(value, old[path], err_msg=str(path))
   config.num_epochs = 2
   resumed, _ = _fresh_state(config, tmp_path)
-  jax.tree.map(np.testing.assert_array_equal, _flat(resumed.params),
-               _flat(finished.params))
+  jax.tree.map(np.testing.assert_array_equal, _flat(resumed.params), _flat(trained.params))
+
+
+def test_the_backbone_learning_rate_multiplier_and_freezing_scale_its_updates():
+  params = {"head": {"kernel": np.ones((2, 2), np.float32)},
+            "convs": {"kernel": np.ones((3, 3, 1, 2), np.float32)}}
+  grads = jax.tree.map(np.ones_like, params)
+  for settings, backbone_step in (({}, -0.1), ({"backbone_lr_multiplier": 0.5}, -0.05),
+                                  ({"freeze": "backbone"}, 0.0)):
+    config = configs.base_config()
+    config.update(optimizer="sgd", learning_rate=0.1, **settings)
+    tx, _ = optim.create_optimizer(config, steps_per_epoch=1)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["kernel"], -0.1)
+    np.testing.assert_allclose(updates["convs"]["kernel"], backbone_step)
+
+
+def test_train_per_class_takes_a_seeded_stratified_sample(folder):
+  draws = []
+  for seed in (0, 0, 1):
+    dataset = inputs.load_data(_config(folder, train_per_class=3, seed=seed))
+    assert np.bincount(dataset.train.labels).tolist() == [3, 3, 3]
+    draws.append(dataset.train.images)
+  np.testing.assert_array_equal(draws[0], draws[1])
+  assert not np.array_equal(draws[0], draws[2])   # a new seed is a new draw
+  with pytest.raises(errors.ConfigError, match="train_per_class=9 is more than the 8"):
+    preflight.load_for_run(_config(folder, train_per_class=9))
 
 
 def test_another_architecture_is_refused_naming_both_runs(folder, source, tmp_path):
@@ -132,14 +172,3 @@ def test_a_workdir_without_a_finished_run_is_refused_at_run_start(folder, source
                        (unfinished, "holds no finished run")):
     with pytest.raises(errors.ConfigError, match=reason):
       _fresh_state(_config(folder, init_from=str(path)), tmp_path / "run")
-
-
-def test_the_command_line_exits_2_with_the_message(folder, tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.mnist_mlp", "--nosweep",
-       f"--workdir={tmp_path / 'run'}", "--config.dataset=folder",
-       f"--config.data_dir={folder}", f"--config.init_from={tmp_path / 'missing'}",
-       "--config.batch_size=8"], cwd=REPO, capture_output=True, text=True, timeout=120,
-      env=dict(os.environ, RESEARCH_CACHE_DIR=str(tmp_path / "cache")))
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert f"config.init_from='{tmp_path / 'missing'}' does not exist" in result.stderr
