@@ -26,6 +26,7 @@ from research import progress as progress_lib
 from research import optim
 from research import runtime
 from research import sharding
+from research import transfer
 from research import tuning as tuning_lib
 from research.training import preflight
 from research.training import resume
@@ -207,6 +208,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       temporary_path_class=hooks.checkpoint_temporary_path,
       async_saves=checkpoint_lib.async_saves(config.async_checkpoints,
                                              mesh.devices.flat[0].platform))
+  # A fresh run starts from config.init_from's weights; a resumed one from its own.
+  transferred = (transfer.initialise(model, config, dataset.class_names, writer)
+                 if training and config.init_from and not checkpoints.steps() else None)
   tuning = tuning_lib.for_mesh(mesh, config)
   state, compressed = compression.start_state(create_train_state(model, tx, tuning.model_fn),
                                               config, dataset.class_names,
@@ -248,6 +252,8 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       f"{count_params(run.state):,} parameters on {where['count']} {where['platform']} "
       f"device(s) ({where['kind']}) in {where['processes']} process(es); "
       f"XLA_FLAGS={where['xla_flags'] or '(none)'}")
+  if transferred:
+    run.progress.log(transfer.describe(transferred))
   for note in compressed:
     run.progress.log(note)
   if class_weights:
