@@ -23,7 +23,7 @@ The sweep directory may be a URL (gs://...): planning, `--print-commands` and
 needs a local one (`check_can_execute`): each job's output goes to a local log file.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import glob
 import importlib.util
@@ -83,6 +83,9 @@ class Sweep:
   plot_error: bool = False
   title: str = ""
   published_source: str = ""
+  # A study's own results from the finished jobs: report(jobs, sweep_dir) -> paths it
+  # wrote, after (and possibly over) the generic results.md and plots.
+  report: Callable | None = None
 
   def __post_init__(self):
     labels = [p.label for p in self.points]

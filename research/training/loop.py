@@ -3,6 +3,7 @@ resumes from checkpoints (docs/checkpoints.md)."""
 
 from collections.abc import Callable, Mapping
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -99,7 +100,9 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
                      f"{tp.best['metric']} {tp.best['value']:.4f}")
   summary = summarize(run)
   if not config.final_train_eval:  # fall back on the running average of the last log
-    summary.update(train_accuracy=last_train["accuracy"], train_loss=last_train["loss"],
+    # (none when the run only evaluates: num_epochs=0)
+    summary.update(train_accuracy=last_train.get("accuracy", math.nan),
+                   train_loss=last_train.get("loss", math.nan),
                    train_metrics="running average over the last log window, training mode")
   summary["generalization_gap"] = summary["train_accuracy"] - summary["test_accuracy"]
   summary.update(steps=steps, epochs=steps / run.steps_per_epoch,
@@ -110,7 +113,8 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
   run.writer.write_summary(summary)
   if run.writer.writes:
     title = f"{config.model} on {run.dataset.name}"
-    plots.plot_learning_curves(run.writer.path, title=title)
+    if steps:   # a run that only evaluates (num_epochs=0) has no curves
+      plots.plot_learning_curves(run.writer.path, title=title)
     plots.plot_confusion_matrices(
         run.writer.path, {split: summary[f"{split}_confusion_matrix"]
                           for split in ("validation", "test") if split in run.eval_splits},
