@@ -188,3 +188,26 @@ def test_config_checks_of_the_compression_keys():
       c.distill_from = "teacher"
     with pytest.raises(errors.ConfigError, match=match):
       configs.validate(c)
+
+
+def test_evaluation_only_runs_from_a_teacher_prune_and_quantise_it(tiny_folder, tmp_path):
+  """num_epochs=0 with init_from evaluates the teacher's weights as they are (sparsity
+  0 reproduces its test loss), pruned, or int8-quantised, without a training step."""
+  c = configs.base_config()
+  c.dataset, c.data_dir, c.data_source, c.progress = "folder", str(tiny_folder), "local", False
+  c.model, c.batch_size, c.num_epochs = "mlp", 12, 2
+  teacher = loop.train_and_evaluate(c, tmp_path / "teacher")
+  c.init_from, c.num_epochs, c.final_train_eval = str(tmp_path / "teacher"), 0, False
+  results = {}
+  for name, key, value in (("same", "prune_sparsity", 0.0), ("pruned", "prune_sparsity", 0.9),
+                           ("int8", "quantize", "int8")):
+    run = c.copy_and_resolve_references()
+    run[key] = value
+    results[name] = loop.train_and_evaluate(run, tmp_path / name)
+    assert results[name]["steps"] == 0
+  assert results["same"]["test_loss"] == pytest.approx(teacher["test_loss"], rel=1e-6)
+  assert results["pruned"]["nonzero_kernel_weights"] == round(
+      0.1 * results["pruned"]["kernel_weights"])
+  assert results["int8"]["test_loss"] != results["same"]["test_loss"]
+  assert results["int8"]["test_loss"] == pytest.approx(teacher["test_loss"], rel=0.05)
+  assert results["int8"]["model_bytes"] < teacher["model_bytes"] / 3
