@@ -111,7 +111,7 @@ def test_compression_smoke_sweep_prunes_quantises_distils_and_writes_one_table(d
   result = subprocess.run(
       [sys.executable, "-m", "experiments.compression", f"--workdir={tmp_path}",
        "--config=experiments/compression.py:smoke"], cwd=REPO, capture_output=True,
-      text=True, timeout=300, env=dict(os.environ, RESEARCH_DATA_DIR=str(data_dir)))
+      text=True, timeout=600, env=dict(os.environ, RESEARCH_DATA_DIR=str(data_dir)))
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   summaries = {p.name: json.loads((p / "seed_0" / "summary.json").read_text())
                for p in tmp_path.iterdir() if (p / "seed_0" / "summary.json").exists()}
