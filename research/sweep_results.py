@@ -222,7 +222,7 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
   folds = {job.fold for job in jobs if job.fold is not None}
   write_markdown(sweep, stats, num_seeds, written[1], cv_folds=len(folds))
   if sweep.report:
-    written += sweep.report(jobs, sweep_dir)
+    written += [p for p in sweep.report(jobs, sweep_dir) if p not in written]
   if not table:
     return written
   test_name = "test_error" if sweep.plot_error else "test_accuracy"
