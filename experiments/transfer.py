@@ -19,16 +19,18 @@ label smoothing 0.1) is
      the pre-trained features with a new head's large early gradients;
    - `probe`: the pre-trained backbone frozen (`freeze=backbone`: no updates, BatchNorm
      in inference mode), only the new head trains: a linear probe of its features;
-3. at 3 seeds; each seed draws its own N images per class (the same draw for the three
+3. at 3 seeds (2 at N=5,000, for the time budget); each seed draws its own N images per class (the same draw for the three
    arms, so the arms are compared on the same data) and its own initialisation of the
    head (and of the scratch net). One pre-trained backbone serves every seed, so the
    spread does not include the pre-training's.
 
 Test accuracy is on the 5,000 test images of classes 5-9. What makes the comparison fair:
 at each N the three arms get the same images, the same recipe and the same number of
-optimiser steps, max(MIN_STEPS, EPOCHS epochs): a few epochs of 50 images would be a
-handful of steps, too few for any arm to converge, so the small N train for MIN_STEPS
-steps, i.e. many epochs (batch min(128, 5 N)). The pre-training's own cost is not
+optimiser steps, at least MIN_STEPS = 100 and at least EPOCHS = 1 epoch, in batches of
+min(64, 5 N): a few epochs of 50 images would be a handful of steps, too few for any
+arm to converge, so the small N train for many epochs (N=10: 100 epochs of one step).
+So N=10 to 1,000 get 100 to 156 steps and N=5,000 one epoch (390 steps): the large N
+are trained briefly, for the time budget, which favours the pre-trained arms there. The pre-training's own cost is not
 charged to the transfer arms: the question is what a model already pre-trained buys.
 Every run normalises with the same fixed statistics (those of the whole JPEG training
 split), so that the backbone sees inputs as in pre-training and 50 images do not set
@@ -57,7 +59,8 @@ PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 PER_CLASS = (10, 50, 250, 1000, 5000)
 PRETRAIN_EPOCHS = 3
-EPOCHS, MIN_STEPS = 1, 100
+EPOCHS, MIN_STEPS, BATCH = 1, 100, 64
+FULL_DATA_SEEDS = 2   # at N=5000, for the time budget
 SOURCE = "{sweep_dir}/pretrain/seed_0"
 # Mean and std of the 50,000 training images of the JPEG copy (docs/studies/README.md).
 MEAN, STD = (0.49125, 0.48209, 0.44652), (0.24523, 0.24278, 0.26063)
@@ -88,13 +91,14 @@ def budget(per_class: int, epochs: int, min_steps: int) -> dict:
   """Batch size and epochs for `per_class` images of each of 5 classes: `epochs`
   epochs, or `min_steps` optimiser steps if that is more."""
   images = len(TARGET_CLASSES) * per_class
-  batch = min(128, images)
+  batch = min(BATCH, images)
   steps_per_epoch = images // batch
   steps = max(min_steps, epochs * steps_per_epoch)
   return {"batch_size": batch, "num_epochs": math.ceil(steps / steps_per_epoch)}
 
 
-def _points(per_class, pretrain: dict, epochs: int, min_steps: int):
+def _points(per_class, pretrain: dict, epochs: int, min_steps: int,
+            seeds: dict | None = None):
   """The pre-training, then the arms N by N, smallest first: a sweep cut short still
   compares the three arms at the N it reached."""
   points = [sweep_lib.Point({"classes": PRETRAIN_CLASSES, **pretrain}, "pretrain",
@@ -103,7 +107,8 @@ def _points(per_class, pretrain: dict, epochs: int, min_steps: int):
     for arm, overrides in ARMS.items():
       points.append(sweep_lib.Point(
           {"train_per_class": n, **budget(n, epochs, min_steps), **overrides},
-          f"{arm}_n={n}", after=("pretrain",) if overrides else (), series=arm))
+          f"{arm}_n={n}", after=("pretrain",) if overrides else (), series=arm,
+          seeds=(seeds or {}).get(n)))
   return points
 
 
@@ -117,7 +122,8 @@ def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
     return sweep_lib.Sweep(_points((10,), pretrain, epochs=1, min_steps=3), seeds=1,
                            title=f"{title} (smoke)", **axes)
   pretrain = {"num_epochs": PRETRAIN_EPOCHS}
-  return sweep_lib.Sweep(_points(PER_CLASS, pretrain, EPOCHS, MIN_STEPS), seeds=3,
+  points = _points(PER_CLASS, pretrain, EPOCHS, MIN_STEPS, {5000: FULL_DATA_SEEDS})
+  return sweep_lib.Sweep(points, seeds=3,
                          title=title, **axes)
 
 
