@@ -68,6 +68,11 @@ ARMS = {"scratch": {},
         "finetune": {"init_from": SOURCE, "backbone_lr_multiplier": 0.1},
         "probe": {"init_from": SOURCE, "freeze": "backbone"}}
 VARIANTS = ("default", "smoke")
+PUBLISHED = ("none directly comparable. The nearest is Yosinski et al. 2014, \"How "
+             "transferable are features in deep neural networks?\" (ImageNet in two halves "
+             "of 500 classes, AlexNet, 645,000 images per half): fine-tuned transferred "
+             "features beat training from scratch on the whole target half, and frozen "
+             "features from the top layers transfer worse than fine-tuned ones")
 
 
 def get_config(variant: str | None = None):
@@ -123,8 +128,7 @@ def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
                            title=f"{title} (smoke)", **axes)
   pretrain = {"num_epochs": PRETRAIN_EPOCHS}
   points = _points(PER_CLASS, pretrain, EPOCHS, MIN_STEPS, {5000: FULL_DATA_SEEDS})
-  return sweep_lib.Sweep(points, seeds=3,
-                         title=title, **axes)
+  return sweep_lib.Sweep(points, seeds=3, title=title, published_source=PUBLISHED, **axes)
 
 
 if __name__ == "__main__":
