@@ -19,7 +19,7 @@ label smoothing 0.1) is
      the pre-trained features with a new head's large early gradients;
    - `probe`: the pre-trained backbone frozen (`freeze=backbone`: no updates, BatchNorm
      in inference mode), only the new head trains: a linear probe of its features;
-3. at 3 seeds (2 at N=5,000, for the time budget); each seed draws its own N images per class (the same draw for the three
+3. at 3 seeds (1 at N=5,000, for the time budget); each seed draws its own N images per class (the same draw for the three
    arms, so the arms are compared on the same data) and its own initialisation of the
    head (and of the scratch net). One pre-trained backbone serves every seed, so the
    spread does not include the pre-training's.
@@ -60,7 +60,7 @@ TARGET_CLASSES = (5, 6, 7, 8, 9)
 PER_CLASS = (10, 50, 250, 1000, 5000)
 PRETRAIN_EPOCHS = 3
 EPOCHS, MIN_STEPS, BATCH = 1, 100, 64
-FULL_DATA_SEEDS = 2   # at N=5000, for the time budget
+FULL_DATA_SEEDS = 1   # at N=5000, for the time budget
 SOURCE = "{sweep_dir}/pretrain/seed_0"
 # Mean and std of the 50,000 training images of the JPEG copy (docs/studies/README.md).
 MEAN, STD = (0.49125, 0.48209, 0.44652), (0.24523, 0.24278, 0.26063)
