@@ -21,16 +21,18 @@ label smoothing 0.1) is
      in inference mode), only the new head trains: a linear probe of its features;
 3. at 3 seeds (1 at N=5,000, for the time budget); each seed draws its own N images
    per class (the same draw for the three arms, so the arms are compared on the same
-   data) and its own initialisation of the head (and of the scratch net). One pre-trained backbone serves every seed, so the
-   spread does not include the pre-training's.
+   data) and its own initialisation of the head (and of the scratch net). One
+   pre-trained backbone serves every seed, so the spread does not include the
+   pre-training's.
 
 Test accuracy is on the 5,000 test images of classes 5-9. What makes the comparison fair:
 at each N the three arms get the same images, the same recipe and the same number of
 optimiser steps, at least MIN_STEPS = 100 and at least EPOCHS = 1 epoch, in batches of
 min(64, 5 N): a few epochs of 50 images would be a handful of steps, too few for any
 arm to converge, so the small N train for many epochs (N=10: 100 epochs of one step).
-So N=10 to 1,000 get 100 to 156 steps and N=5,000 one epoch (390 steps): the large N
-are trained briefly, for the time budget, which favours the pre-trained arms there. The pre-training's own cost is not
+So N=10 to 1,000 get 100 to 156 steps (N=1,000: 2 epochs) and N=5,000 one epoch (390
+steps): the large N are trained briefly, for the time budget, which favours the
+pre-trained arms there. The pre-training's own cost is not
 charged to the transfer arms: the question is what a model already pre-trained buys.
 Every run normalises with the same fixed statistics (those of the whole JPEG training
 split), so that the backbone sees inputs as in pre-training and 50 images do not set
