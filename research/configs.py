@@ -22,6 +22,7 @@ DATA_SOURCES = ("auto", "local", "tfds", "download")
 BATCH_NORM = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ASYNC_CHECKPOINTS = ("auto", "on", "off")
+FREEZE = ("none", "backbone")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -43,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.cv_folds = 0
   c.cv_fold = 0
   c.train_subset = 0              # train on this many examples (0 = all), seeded
+  # Train on this many examples of each class (0 = all): a stratified few-shot sample
+  # drawn with `seed` (a new seed is a new draw), after config.classes and validation.
+  c.train_per_class = 0
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
   # Train and test on these classes only, by index or name, relabelled 0..k-1 in the
   # order given, before the validation split is carved: e.g. (3, 5) or ('cat', 'dog')
@@ -79,6 +83,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_norm = "auto"           # auto (model default) | on | off
   c.width_multiplier = 1.0        # scales hidden widths and channels; 1 = as defined
   c.depth_multiplier = 1          # repeats each MLP hidden layer / VGG conv; 1 = as defined
+  # Transfer learning (docs/transfer.md). init_from: a finished run's workdir whose
+  # parameters and BatchNorm statistics start a fresh run (not a resumed one); the head
+  # (research/models HEAD) is re-initialised unless the classes are the same. '' = off.
+  # Checked when the run starts, not here: a sweep may plan a run before its source exists.
+  c.init_from = ""
+  # none | backbone: only the head trains; the backbone runs in inference mode (BatchNorm
+  # statistics fixed, dropout off) and its parameters get no updates.
+  c.freeze = "none"
+  c.backbone_lr_multiplier = 1.0  # scales the backbone's updates (with freeze=none)
   # Optimisation.
   c.optimizer = "adam"
   c.learning_rate = 1e-3
@@ -190,6 +203,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_affine_augmentation(config)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)
+  _check_transfer(config)
   for key in ("label_corruption",):
     if not 0 <= config[key] <= 1:
       raise errors.ConfigError(f"config.{key}={config[key]} must be in [0, 1].")
@@ -207,7 +221,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_positive(config, "micro_batch_size", allow_zero=True)
   for key in ("weight_decay", "label_smoothing", "validation_size", "warmup_epochs",
               "num_devices", "eval_every_epochs", "crop_padding", "train_subset",
-              "test_subset", "eval_train_size"):
+              "test_subset", "eval_train_size", "train_per_class"):
     _check_positive(config, key, allow_zero=True)
   if not 0 <= config.label_smoothing < 1:
     raise errors.ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
@@ -233,6 +247,26 @@ def _check_classes(classes) -> None:
     raise errors.ConfigError(
         f"config.classes={tuple(classes)!r} must name two or more distinct classes by "
         "index or name, e.g. (3, 5) or ('cat', 'dog'); () for all.")
+
+
+def _check_transfer(config) -> None:
+  """freeze, backbone_lr_multiplier and train_per_class. config.init_from is checked when
+  the run starts: a sweep plans a fine-tuning run before the run it starts from exists."""
+  _check_choice(config, "freeze", FREEZE)
+  if config.backbone_lr_multiplier <= 0:
+    raise errors.ConfigError(f"config.backbone_lr_multiplier={config.backbone_lr_multiplier}"
+                             " must be > 0 (config.freeze=backbone stops the backbone).")
+  if config.freeze == "backbone" and config.backbone_lr_multiplier != 1:
+    raise errors.ConfigError("config.backbone_lr_multiplier has no effect with "
+                             "config.freeze=backbone (the backbone does not train): "
+                             "leave it at 1.")
+  if config.freeze == "backbone" and config.max_norm:
+    raise errors.ConfigError("config.max_norm would rescale the frozen backbone's weights "
+                             "with config.freeze=backbone: set one of them to its default.")
+  if config.train_per_class and config.train_subset:
+    raise errors.ConfigError(f"config.train_per_class={config.train_per_class} and "
+                             f"config.train_subset={config.train_subset} both choose the "
+                             "training examples: set one of them to 0.")
 
 
 def _check_images(config) -> None:

@@ -5,6 +5,7 @@ import ml_collections
 import optax
 
 from research import errors
+from research.models import is_head
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle")
@@ -68,4 +69,24 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     raise errors.ConfigError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
   if wd and name != "adamw":
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
-  return tx, schedule
+  return _per_part(config, tx), schedule
+
+
+def _part(params):
+  """'head' or 'backbone' for each parameter (research/models HEAD)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "head" if is_head(path) else "backbone", params)
+
+
+def _per_part(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
+  """`tx` for the head; for the backbone, no update (freeze=backbone) or `tx`'s update
+  scaled by backbone_lr_multiplier, which is the learning rate scaled for every
+  optimiser here. Without either, `tx` itself, so that the optimiser state of runs
+  saved before these keys is unchanged."""
+  if config.freeze == "backbone":
+    backbone = optax.set_to_zero()
+  elif config.backbone_lr_multiplier != 1:
+    backbone = optax.chain(tx, optax.scale(config.backbone_lr_multiplier))
+  else:
+    return tx
+  return optax.multi_transform({"head": tx, "backbone": backbone}, _part)

@@ -57,12 +57,16 @@ class Point:
   only once every run of the points named in `after` has finished, and a string override
   may name their workdirs through `{sweep_dir}` and `{seed}`, filled in when the sweep is
   planned: {"init_from": "{sweep_dir}/pretrain/seed_{seed}"}. `seeds`, if set, runs this
-  point at fewer seeds than the sweep (e.g. one teacher for three students)."""
+  point at fewer seeds than the sweep (e.g. one teacher for three students).
+
+  Points with the same `series` (e.g. one arm of a comparison) are one line of the
+  curves against `Sweep.x`."""
   overrides: Mapping
   name: str = ""
   published: Mapping = dataclasses.field(default_factory=dict)
   after: Sequence[str] = ()
   seeds: int | None = None
+  series: str = ""
 
   @property
   def label(self) -> str:

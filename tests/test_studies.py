@@ -82,7 +82,7 @@ def test_small_mlp_memorises_random_labels(data_dir, tmp_path, monkeypatch):
 
 
 STUDIES = ("random_labels", "regularization", "dropout_mnist", "double_descent",
-           "early_stopping")
+           "early_stopping", "transfer")
 
 
 @pytest.mark.parametrize("study", STUDIES)

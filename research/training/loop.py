@@ -25,6 +25,7 @@ from research import progress as progress_lib
 from research import optim
 from research import runtime
 from research import sharding
+from research import transfer
 from research import tuning as tuning_lib
 from research.training import preflight
 from research.training import resume
@@ -206,6 +207,9 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       temporary_path_class=hooks.checkpoint_temporary_path,
       async_saves=checkpoint_lib.async_saves(config.async_checkpoints,
                                              mesh.devices.flat[0].platform))
+  # A fresh run starts from config.init_from's weights; a resumed one from its own.
+  transferred = (transfer.initialise(model, config, dataset.class_names, writer)
+                 if training and config.init_from and not checkpoints.steps() else None)
   tuning = tuning_lib.for_mesh(mesh, config)
   state = jax.device_put(create_train_state(model, tx, tuning.model_fn),
                          sharding.replicated(mesh))
@@ -245,6 +249,8 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       f"{count_params(run.state):,} parameters on {where['count']} {where['platform']} "
       f"device(s) ({where['kind']}) in {where['processes']} process(es); "
       f"XLA_FLAGS={where['xla_flags'] or '(none)'}")
+  if transferred:
+    run.progress.log(transfer.describe(transferred))
   if class_weights:
     run.progress.log("class weights of the training loss: " + ", ".join(
         f"{name} {w:.4g}" for name, w in zip(dataset.class_names, class_weights)))

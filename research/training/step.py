@@ -38,6 +38,9 @@ class StepConfig:
   data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
   compute_dtype: str = "float32"   # of the images; the model's layers are built with it
   class_weights: tuple[float, ...] = ()   # of the train loss, per class; () = none
+  # backbone: the forward pass of training runs in inference mode, so that a frozen
+  # backbone's BatchNorm statistics stay fixed and its features are the ones evaluated.
+  freeze: str = "none"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, num_devices: int = 1,
@@ -114,7 +117,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
                                 cfg.cutout_size, cfg.rotate_degrees, cfg.scale_range)
 
   def loss_fn(params, images, labels, dropout_key, batch_stats):
-    logits, batch_stats = apply_model(state, params, images, train=True,
+    logits, batch_stats = apply_model(state, params, images, train=cfg.freeze == "none",
                                       dropout_key=dropout_key, batch_stats=batch_stats)
     loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing,
                                    cfg.class_weights).mean()
