@@ -62,14 +62,19 @@ class NoConvLayers(errors.UserError):
   """Grad-CAM and the filter grid need conv layers."""
 
 
-def class_score(logits: jax.Array, target: jax.Array) -> jax.Array:
-  """Each example's logit of its `target` class, summed over the batch (the examples are
-  independent, so the gradient of the sum is each one's own); for a one-unit binary head
+def target_logits(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """(N,) each example's float32 logit of its `target` class; for a one-unit binary head
   z scores class 1 and -z class 0."""
   logits = logits.astype(jnp.float32)
   if logits.shape[-1] == 1:
-    return jnp.sum(jnp.where(target == 1, logits[:, 0], -logits[:, 0]))
-  return jnp.sum(jnp.take_along_axis(logits, target[:, None], axis=1))
+    return jnp.where(target == 1, logits[:, 0], -logits[:, 0])
+  return jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
+
+
+def class_score(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """The target logits summed over the batch: the examples are independent, so the
+  gradient of the sum is each one's own."""
+  return jnp.sum(target_logits(logits, target))
 
 
 def logits(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
@@ -166,17 +171,67 @@ def randomize(model: nnx.Module, top_layers: int, key: jax.Array) -> nnx.Module:
   kernel_init = nnx.initializers.lecun_normal()
   for i, layer in enumerate(weight_layers(model)[::-1][:top_layers]):
     kernel = layer.kernel.get_value()
-    layer.kernel.set_value(kernel_init(jax.random.fold_in(key, i), kernel.shape, kernel.dtype))
+    _replace(layer.kernel, kernel_init(jax.random.fold_in(key, i), kernel.shape, kernel.dtype))
     if layer.bias is not None:
-      layer.bias.set_value(jnp.zeros_like(layer.bias.get_value()))
+      _replace(layer.bias, jnp.zeros_like(layer.bias.get_value()))
   return model
+
+
+def _replace(param: nnx.Param, value: jax.Array) -> None:
+  """Sets `value` on the device of the old one: a jitted method given the randomised
+  model then reuses the trained model's compilation (an uncommitted array would not)."""
+  param.set_value(jax.device_put(value, param.get_value().sharding))
+
+
+def layer_names(model: nnx.Module) -> list[str]:
+  """Names of `weight_layers`, input first: conv1.., dense1.., head."""
+  convs = len(getattr(model, "convs", ()))
+  dense = len(weight_layers(model)) - convs - 1
+  return ([f"conv{i + 1}" for i in range(convs)] + [f"dense{i + 1}" for i in range(dense)]
+          + ["head"])
 
 
 def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Spearman's rank correlation of each pair of (N, H, W) maps, as Adebayo et al.
   compare a trained model's maps with a randomised one's."""
   return np.array([scipy.stats.spearmanr(p.ravel(), q.ravel()).statistic
+                   if np.ptp(p) and np.ptp(q) else np.nan   # a constant map ranks nothing
                    for p, q in zip(a, b)])
+
+
+def completeness_errors(graphdef, state, x, target, baseline, steps: int = 64) -> np.ndarray:
+  """Per example, |sum of IG attributions - (logit(x) - logit(baseline))| relative to
+  |logit(x) - logit(baseline)|: 0 for exact completeness."""
+  attributions = integrated_gradients(graphdef, state, x, target, baseline, steps)
+  difference = np.asarray(target_logits(logits(graphdef, state, x), target)
+                          - target_logits(logits(graphdef, state, baseline), target))
+  return np.abs(np.asarray(attributions.sum((1, 2, 3))) - difference) / np.abs(difference)
+
+
+def sanity_checks(restored: inference.RestoredModel, images: np.ndarray,
+                  baseline: str = "black", seed: int = 0) -> dict:
+  """Adebayo et al.'s cascading randomisation on `images`, for the trained model's
+  predicted classes: the maps of the trained model and after re-initialising the top 1,
+  2, ... weight layers, with each stage's rank correlations to the trained maps; and
+  Integrated Gradients' completeness errors. {"layers": names from the head down,
+  "maps": [{method: maps}] (trained first), "correlations": {method: (stages, N)},
+  "completeness": (N,)}."""
+  model = model_of(restored)
+  graphdef, state = nnx.split(model)
+  x = normalized(restored, images)
+  target = jnp.asarray(np.asarray(restored(images)["probabilities"]).argmax(-1))
+  x_baseline = baseline_for(baseline, restored, x)
+  methods = METHODS if getattr(model, "convs", None) else METHODS[:-1]
+  key = jax.random.key(seed)
+  explain_model = lambda m: explain(*nnx.split(m), x, target, x_baseline, key, methods)
+  maps = [explain_model(model)]
+  layers = layer_names(model)[::-1]
+  for top in range(1, len(layers) + 1):
+    maps.append(explain_model(randomize(model, top, jax.random.fold_in(key, 1))))
+  correlations = {m: np.stack([rank_correlations(maps[0][m], stage[m]) for stage in maps[1:]])
+                  for m in methods}
+  return {"layers": layers, "maps": maps, "correlations": correlations,
+          "completeness": completeness_errors(graphdef, state, x, target, x_baseline)}
 
 
 def baseline_for(kind: str, restored: inference.RestoredModel, x: jax.Array) -> jax.Array:
