@@ -8,7 +8,7 @@ predicted class, then saliency, SmoothGrad, Integrated Gradients and Grad-CAM) a
 filters.png (the first conv layer's kernels). The run's model is restored as
 research.predict restores it (research/inference.py). The images are a seeded sample of
 the test split (the archives are sorted by class, so the first N would all be of one).
-Exit status 2 for a workdir without a readable run.
+It runs on the CPU. Exit status 2 for a workdir without a readable run.
 
 Every method explains the predicted class's logit (for a one-unit binary head: z for
 class 1, -z for class 0) with respect to the input in the run's normalised space:
