@@ -42,7 +42,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 
 from research import data as data_lib
 from research import errors
@@ -194,6 +193,7 @@ def layer_names(model: nnx.Module) -> list[str]:
 def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Spearman's rank correlation of each pair of (N, H, W) maps, as Adebayo et al.
   compare a trained model's maps with a randomised one's."""
+  import scipy.stats   # here: about a second to import, which a training run need not pay
   return np.array([scipy.stats.spearmanr(p.ravel(), q.ravel()).statistic
                    if np.ptp(p) and np.ptp(q) else np.nan   # a constant map ranks nothing
                    for p, q in zip(a, b)])
