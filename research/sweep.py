@@ -51,10 +51,18 @@ from research.training import resume
 class Point:
   """One setting of the sweep: config overrides by dotted key, e.g.
   {"augment": "crop,flip", "model_kwargs.widths": (512,)}. `published` holds the
-  published figures to print beside ours, as fractions: {"test_accuracy": 0.5039}."""
+  published figures to print beside ours, as fractions: {"test_accuracy": 0.5039}.
+
+  A point may build on another's runs (a pre-trained model, a teacher): its runs start
+  only once every run of the points named in `after` has finished, and a string override
+  may name their workdirs through `{sweep_dir}` and `{seed}`, filled in when the sweep is
+  planned: {"init_from": "{sweep_dir}/pretrain/seed_{seed}"}. `seeds`, if set, runs this
+  point at fewer seeds than the sweep (e.g. one teacher for three students)."""
   overrides: Mapping
   name: str = ""
   published: Mapping = dataclasses.field(default_factory=dict)
+  after: Sequence[str] = ()
+  seeds: int | None = None
 
   @property
   def label(self) -> str:
@@ -85,6 +93,12 @@ class Sweep:
     if repeated:
       raise errors.ConfigError(f"sweep points share the names {repeated}; give each a "
                                "distinct name.")
+    for i, point in enumerate(self.points):
+      unknown = set(point.after) - set(labels[:i])
+      if unknown:
+        raise errors.ConfigError(
+            f"sweep point {point.label!r} waits for {sorted(unknown)}, which are not "
+            "points listed before it; list the points it builds on first.")
 
 
 def grid(**axes: Sequence) -> list[Point]:
@@ -164,23 +178,36 @@ def plan(sweep: Sweep, base: ml_collections.ConfigDict, sweep_dir: str | os.Path
   folds = range(cv_folds) if cv_folds else [None]
   jobs = []
   for point in sweep.points:
-    for seed, fold in itertools.product(range(base.seed, base.seed + num_seeds), folds):
+    seeds = min(point.seeds or num_seeds, num_seeds)
+    for seed, fold in itertools.product(range(base.seed, base.seed + seeds), folds):
       run = {"seed": seed}
       if fold is not None:
         run.update(cv_folds=cv_folds, cv_fold=fold)
+      point_overrides = _fill_in(point.overrides, sweep_dir=sweep_dir, seed=seed)
       config = ml_collections.ConfigDict(base.to_dict())  # a copy with the same types,
       config.lock()                                       # and no new keys
       try:
-        config.update_from_flattened_dict({**point.overrides, **run})
+        config.update_from_flattened_dict({**point_overrides, **run})
         configs.validate(config)
       except (KeyError, AttributeError, TypeError, ValueError, errors.ConfigError) as e:
         raise errors.ConfigError(f"sweep point {point.label!r}: {e}") from None
       workdir = sweep_dir / point.label / run_dir_name(seed, fold)
-      overrides = {**user_overrides, **point.overrides, **run}
+      overrides = {**user_overrides, **point_overrides, **run}
       argv = [*command, "--nosweep", f"--workdir={workdir}", f"--config={config_arg}",
               *(f"--config.{k}={format_value(v)}" for k, v in overrides.items())]
       jobs.append(Job(point, seed, workdir, config, argv, fold))
   return jobs
+
+
+def _fill_in(overrides: Mapping, **fields) -> dict:
+  """String overrides with `{sweep_dir}` and `{seed}` replaced by this run's values."""
+  def fill(value):
+    if not isinstance(value, str):
+      return value
+    for name, field in fields.items():
+      value = value.replace("{" + name + "}", str(field))
+    return value
+  return {key: fill(value) for key, value in overrides.items()}
 
 
 def check_existing(jobs: Sequence[Job]) -> None:
@@ -225,7 +252,9 @@ def status(job: Job) -> str:
 
 def print_commands(jobs: Sequence[Job], file=sys.stdout) -> None:
   """One shell line per run not yet done, for a scheduler: `python` stands for this
-  interpreter, so that the lines work wherever the project's environment is active."""
+  interpreter, so that the lines work wherever the project's environment is active.
+  Runs that build on others (Point.after) come after them: a scheduler that runs lines
+  at once must run those points as a later stage."""
   for job in jobs:
     if status(job) != "done":
       argv = ["python", *job.argv[1:]] if job.argv[0] == sys.executable else job.argv
@@ -331,6 +360,7 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print,
     log(f"skipping {len(outcome.skipped)} finished run(s)")
   running: dict[subprocess.Popen, tuple[Job, float, int]] = {}
   stop, durations = [], []
+  unfinished = {job.name for job in todo}
 
   def on_signal(signum, frame):
     if not stop:
@@ -344,13 +374,18 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print,
   total, finished = len(jobs), len(outcome.skipped)
   try:
     while todo or running:
-      while todo and len(running) < len(slots) and not stop:
-        job, slot = todo.pop(0), _free_slot(running, len(slots))
+      _drop_orphans(todo, jobs, unfinished, running, outcome, log)
+      ready = [job for job in todo if not _prerequisites(job, jobs, unfinished)]
+      while ready and len(running) < len(slots) and not stop:
+        job, slot = ready.pop(0), _free_slot(running, len(slots))
+        todo.remove(job)
         running[_launch(job, slots[slot], log)] = (job, time.perf_counter(), slot)
       for proc in [p for p in running if p.poll() is not None]:
         job, started, _ = running.pop(proc)
         durations.append(time.perf_counter() - started)
         finished += proc.returncode == 0
+        if proc.returncode == 0:
+          unfinished.discard(job.name)
         left = len(todo) + len(running)
         eta = sum(durations) / len(durations) * left / len(slots)
         _report(job, proc.returncode, durations[-1],
@@ -364,6 +399,24 @@ def execute(jobs: Sequence[Job], parallel: int = 1, log=print,
       signal.signal(s, handler)
   outcome.interrupted = outcome.interrupted or bool(stop)
   return outcome
+
+
+def _prerequisites(job: Job, jobs: Sequence[Job], unfinished: set) -> list[Job]:
+  """The runs of the points that `job` builds on (Point.after) that have not finished."""
+  return [j for j in jobs if j.point.label in job.point.after and j.name in unfinished]
+
+
+def _drop_orphans(todo: list, jobs: Sequence[Job], unfinished: set, running: Mapping,
+                  outcome: Outcome, log) -> None:
+  """Takes out of `todo`, as failed, the runs whose prerequisite failed: they would build
+  on nothing. A prerequisite that is running or still to run is not failed."""
+  waiting = {job.name for job, _, _ in running.values()} | {job.name for job in todo}
+  for job in list(todo):
+    failed = [j.name for j in _prerequisites(job, jobs, unfinished) if j.name not in waiting]
+    if failed:
+      todo.remove(job)
+      outcome.failed.append(f"{job.name}: not run, as {', '.join(failed)} did not finish")
+      log(f"{job.name} not run: it builds on {', '.join(failed)}, which did not finish")
 
 
 def _free_slot(running: Mapping, count: int) -> int:

@@ -267,3 +267,35 @@ def test_killed_sweep_finishes_when_rerun_without_recomputing(data_dir, tmp_path
   for png in ("learning_curves.png", "test_accuracy.png", "gap.png"):
     data = (sweep_dir / png).read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 10_000, png
+
+
+def test_a_point_builds_on_the_runs_of_another(tmp_path):
+  teacher = sweep_lib.Point({}, name="teacher", seeds=1)
+  student = sweep_lib.Point({"data_dir": "{sweep_dir}/teacher/seed_{seed}"},
+                            name="student", after=("teacher",))
+  jobs = _plan([teacher, student], tmp_path, seeds=2)
+  assert [j.name for j in jobs] == ["teacher/seed_0", "student/seed_0", "student/seed_1"]
+  assert jobs[2].config.data_dir == f"{tmp_path}/teacher/seed_1"
+  assert f"--config.data_dir={tmp_path}/teacher/seed_1" in jobs[2].argv
+  with pytest.raises(errors.ConfigError, match="'student' waits for \\['teacher'\\]"):
+    sweep_lib.Sweep([student, teacher])
+
+
+def test_runs_wait_for_their_prerequisites_and_skip_a_failed_one(tmp_path):
+  def job(name, code, after=()):
+    script = (f"import time; print('start', time.time()); time.sleep(0.5); "
+              f"print('end', time.time(), flush=True); exit({code})")
+    return sweep_lib.Job(sweep_lib.Point({}, name=name, after=after), 0, tmp_path / name,
+                         None, [sys.executable, "-c", script])
+  def time_of(name, event):
+    lines = (tmp_path / name / "output.log").read_text().splitlines()
+    return next(float(line.split()[1]) for line in lines if line.startswith(event))
+  jobs = [job("a", 0), job("broken", 1), job("b", 0, ("a",)), job("c", 0, ("broken",))]
+  lines = []
+  outcome = sweep_lib.execute(jobs, 3, log=lines.append,
+                              accelerators=sweep_lib.Accelerators())
+  assert outcome.failed[0].startswith("broken/seed_0: crashed with exit code 1")
+  assert outcome.failed[1:] == ["c/seed_0: not run, as broken/seed_0 did not finish"]
+  assert not (tmp_path / "c").exists()
+  assert time_of("b", "start") >= time_of("a", "end")
+  assert time_of("broken", "start") < time_of("a", "end")   # independent runs overlap
