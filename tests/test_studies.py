@@ -82,7 +82,7 @@ def test_small_mlp_memorises_random_labels(data_dir, tmp_path, monkeypatch):
 
 
 STUDIES = ("random_labels", "regularization", "dropout_mnist", "double_descent",
-           "early_stopping", "transfer")
+           "early_stopping", "transfer", "interpretability")
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -102,6 +102,9 @@ def test_study_smoke_sweep_runs_and_aggregates(study, data_dir, tmp_path):
     assert 0 <= float(row["test_accuracy"]) <= 1 and int(row["steps"]) > 0
   assert all((tmp_path / name).stat().st_size > 10_000 for name in ("learning_curves.png",
                                                                      "gap.png"))
+  if study == "interpretability":   # its analysis of the trained runs
+    assert "cascading randomisation" in (tmp_path / "results.md").read_text()
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("cascade.png", "maps.png"))
 
 
 def test_compilation_cache_is_used_and_changes_nothing(data_dir, tmp_path):
