@@ -121,6 +121,21 @@ def base_config() -> ml_collections.ConfigDict:
   # weighted): '' (none) | 'balanced' (n_samples / (n_classes * count), counted on the
   # training labels) | one number per class, comma-separated, e.g. '1,4.5'.
   c.class_weights = ""
+  # Compression (docs/compression.md, research/compression.py). Pruning and quantising
+  # apply once, to the weights a fresh run starts from (e.g. those of config.init_from).
+  # Magnitude pruning: zero this fraction of all conv and dense kernel weights, the
+  # smallest |w| under one global threshold (biases and BatchNorm are kept), and keep
+  # them zero through training (the optimiser's last transform masks the updates).
+  c.prune_sparsity = 0.0
+  # Post-training quantisation: none | int8 (kernels as int8, a float32 scale per output
+  # channel, dequantised for inference). Needs num_epochs=0: an evaluation-only run.
+  c.quantize = "none"
+  # Distillation (Hinton et al. 2015): the finished run in this workdir is the teacher,
+  # its eval-mode logits on each augmented batch the soft targets. '' = off. The loss is
+  # alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * cross-entropy.
+  c.distill_from = ""
+  c.distill_temperature = 4.0
+  c.distill_alpha = 0.9
   # Run.
   c.batch_size = 128
   # Speed knobs; what each one gains, per platform: docs/performance.md.
@@ -215,7 +230,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("width_multiplier", "depth_multiplier", "cutout_size"):
     _check_positive(config, key)
   model_kwargs(config)
-  for key in ("batch_size", "eval_batch_size", "num_epochs", "learning_rate",
+  _check_positive(config, "num_epochs", allow_zero=True)   # 0: evaluate only
+  for key in ("batch_size", "eval_batch_size", "learning_rate",
               "log_every_steps", "steps_per_call"):
     _check_positive(config, key)
   _check_positive(config, "micro_batch_size", allow_zero=True)
@@ -226,6 +242,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.label_smoothing < 1:
     raise errors.ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
   _check_choice(config, "mode", MODES)
+  _check_compression(config)
   _check_choice(config, "best_mode", ("auto", "max", "min"))
   for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "early_stopping_patience"):
     _check_positive(config, key, allow_zero=True)
@@ -234,6 +251,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_cross_validation(config)
   _check_best_metric(config)
   normalization.validate(config)
+
+
+QUANTIZE = ("none", "int8")
+
+
+def _check_compression(config) -> None:
+  """The pruning, quantisation and distillation keys; a teacher's workdir is checked
+  when the run starts (a sweep may plan runs before their teacher exists)."""
+  if not 0 <= config.prune_sparsity < 1:
+    raise errors.ConfigError(f"config.prune_sparsity={config.prune_sparsity} must be in "
+                             "[0, 1), the fraction of kernel weights to zero.")
+  _check_choice(config, "quantize", QUANTIZE)
+  if config.quantize != "none" and config.num_epochs:
+    raise errors.ConfigError(f"config.quantize={config.quantize!r} quantises the weights "
+                             "after training: set config.num_epochs=0 (evaluate only).")
+  if not config.distill_from:
+    return
+  if config.loss != "cross_entropy":
+    raise errors.ConfigError(f"config.distill_from needs config.loss='cross_entropy', "
+                             f"not {config.loss!r}.")
+  _check_positive(config, "distill_temperature")
+  if not 0 <= config.distill_alpha <= 1:
+    raise errors.ConfigError(f"config.distill_alpha={config.distill_alpha} must be in "
+                             "[0, 1].")
 
 
 def _check_classes(classes) -> None:

@@ -5,7 +5,6 @@ precision 0 and one never present has recall 0 (`zero_division=0`)."""
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.stats
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -38,6 +37,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
   n_pos, n_neg = int(positive.sum()), int((~positive).sum())
   if not (n_pos and n_neg):
     return None
+  import scipy.stats   # here: importing it costs every run a second, and few need it
   ranks = scipy.stats.rankdata(scores)   # ties get their average rank
   return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

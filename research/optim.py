@@ -4,6 +4,7 @@ import jax
 import ml_collections
 import optax
 
+from research import compression
 from research import errors
 from research.models import is_head
 
@@ -69,7 +70,10 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     raise errors.ConfigError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
   if wd and name != "adamw":
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
-  return _per_part(config, tx), schedule
+  tx = _per_part(config, tx)
+  if config.prune_sparsity:   # last, so that nothing before it moves a pruned weight
+    tx = optax.chain(tx, compression.hold_pruned())
+  return tx, schedule
 
 
 def _part(params):

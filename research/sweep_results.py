@@ -231,6 +231,10 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
   write_markdown(sweep, stats, num_seeds, written[1], cv_folds=len(folds))
   if not table:
     return written
+  if sweep.analysis:
+    markdown, paths = sweep.analysis([j for j in jobs if j.summary() is not None], sweep_dir)
+    written[1].write_text(written[1].read_text() + "\n" + markdown)
+    written += paths
   test_name = "test_error" if sweep.plot_error else "test_accuracy"
   figures = {"learning_curves.png": None,
              f"{test_name}.png": ("test_accuracy",

@@ -233,7 +233,7 @@ def _has_key(config, key: str) -> bool:
   return True
 
 
-@pytest.mark.parametrize("doc", DOCS + ("docs/checkpoints.md",))
+@pytest.mark.parametrize("doc", DOCS + ("docs/checkpoints.md", "docs/sweeps.md"))
 def test_links_lead_to_files_and_headings_that_exist(doc):
   path = REPO / doc
   text = path.read_text()

@@ -38,6 +38,8 @@ class StepConfig:
   data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
   compute_dtype: str = "float32"   # of the images; the model's layers are built with it
   class_weights: tuple[float, ...] = ()   # of the train loss, per class; () = none
+  distill_temperature: float = 4.0   # with a teacher in the state (config.distill_from)
+  distill_alpha: float = 0.9
   # backbone: the forward pass of training runs in inference mode, so that a frozen
   # backbone's BatchNorm statistics stay fixed and its features are the ones evaluated.
   freeze: str = "none"
@@ -120,7 +122,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
     logits, batch_stats = apply_model(state, params, images, train=cfg.freeze == "none",
                                       dropout_key=dropout_key, batch_stats=batch_stats)
     loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing,
-                                   cfg.class_weights).mean()
+                                   cfg.class_weights)
+    if state.teacher is not None:
+      loss = losses.distillation(logits, state.teacher.logits(images), loss,
+                                 cfg.distill_temperature, cfg.distill_alpha)
+    loss = loss.mean()
     if cfg.l1 or cfg.l2:
       loss = loss + penalty(params, cfg.l1, cfg.l2)
     chex.assert_type([logits, loss], jnp.float32)
