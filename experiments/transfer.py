@@ -38,9 +38,10 @@ Every run normalises with the same fixed statistics (those of the whole JPEG tra
 split), so that the backbone sees inputs as in pre-training and 50 images do not set
 the normalisation. The learning rates were not tuned for this study.
 
-Sized for a shared 2-core CPU (about 40 minutes); the published setting that this
-mirrors at a smaller scale is Yosinski et al. 2014 (ImageNet split into two halves of
-500 classes, AlexNet): fine-tuning transferred features beats training from scratch
+The sweep took 62 minutes, 2 runs at a time, on a 2-core CPU shared with other jobs
+(docs/studies/transfer/notes.md). The published setting that this mirrors at a smaller
+scale is Yosinski et al. 2014 (ImageNet split into two halves of 500 classes, AlexNet):
+fine-tuning transferred features beats training from scratch
 even with the whole target half, and frozen features of the top layers transfer worse.
 No published figure is directly comparable (other data, network and scale).
 
