@@ -108,12 +108,12 @@ def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
   if variant == "smoke":
     points = _points({}, (0.9,), (0.9,), {"num_epochs": 1, "learning_rate": 0.01},
                      {"model_kwargs.width_multiplier": 0.5})[:-1]   # student: as teacher
-    return sweep_lib.Sweep(points, seeds=1, title="compression smoke", report=report)
+    return sweep_lib.Sweep(points, seeds=1, title="compression smoke", analysis=report)
   student = {"model_kwargs.width_multiplier": 0.5, "train_subset": 10000,
              "num_epochs": STUDENT_EPOCHS}
   return sweep_lib.Sweep(_points(TEACHER, SPARSITIES, FINE_TUNED_SPARSITIES, FINE_TUNE,
                                  student),
-                         seeds=3, report=report,
+                         seeds=3, analysis=report,
                          title="Compressing the main job's CIFAR-10 CNN")
 
 
@@ -134,9 +134,9 @@ def _context(label: str) -> str:
   return CONTEXT.get(label, CONTEXT.get(label.split("_")[0], ""))
 
 
-def write_table(rows: list[dict], path: epath.Path, title: str) -> None:
-  """results.md: one row per point with its parameters, bytes and test accuracy."""
-  lines = [f"# {title}", "",
+def table(rows: list[dict], title: str) -> str:
+  """One row per point with its parameters, bytes and test accuracy, in markdown."""
+  lines = [f"## {title}", "",
            "Test accuracy on CIFAR-10's test images: mean ± sample std over the "
            "finished runs. Parameters: nonzero / all. Bytes: what inference needs, "
            "BatchNorm statistics included, with kernels dense (float32, or int8 plus a "
@@ -154,7 +154,7 @@ def write_table(rows: list[dict], path: epath.Path, title: str) -> None:
     sparse = f"{r['sparse_bytes']:,}" if r["sparse_bytes"] < r["bytes"] else "–"
     lines.append(f"| {r['point']} | {r['runs']} | {r['nonzero']:,} / {r['params']:,} | "
                  f"{r['bytes']:,} | {sparse} | {accuracy} | {context} |")
-  path.write_text("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
 
 
 def plot_sparsity(rows: list[dict], path: epath.Path) -> None:
@@ -178,8 +178,8 @@ def plot_sparsity(rows: list[dict], path: epath.Path) -> None:
   plt.close(fig)
 
 
-def report(jobs, sweep_dir) -> list[epath.Path]:
-  """The study's one table (over the generic results.md) and its sparsity figure."""
+def report(jobs, sweep_dir) -> tuple[str, list[epath.Path]]:
+  """The study's table (for results.md, under the sweep's own) and its sparsity figure."""
   sweep_dir = epath.Path(sweep_dir)
   by_point = {}
   for job in jobs:
@@ -189,12 +189,11 @@ def report(jobs, sweep_dir) -> list[epath.Path]:
   # Stable: the pruned rows keep the sweep's order.
   labels = sorted(by_point, key=lambda label: _TABLE_ORDER.get(label, 3))
   rows = [_row(label, by_point[label]) for label in labels]
-  written = [sweep_dir / "results.md"]
-  write_table(rows, written[0], "Compressing the main job's CIFAR-10 CNN")
+  written = []
   if any(r["point"].startswith("oneshot_") for r in rows):
     written.append(sweep_dir / "sparsity.png")
     plot_sparsity(rows, written[-1])
-  return written
+  return table(rows, "Compressing the main job's CIFAR-10 CNN"), written
 
 
 if __name__ == "__main__":

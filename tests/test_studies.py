@@ -82,7 +82,7 @@ def test_small_mlp_memorises_random_labels(data_dir, tmp_path, monkeypatch):
 
 
 STUDIES = ("random_labels", "regularization", "dropout_mnist", "double_descent",
-           "early_stopping")
+           "early_stopping", "transfer", "interpretability")
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -102,12 +102,15 @@ def test_study_smoke_sweep_runs_and_aggregates(study, data_dir, tmp_path):
     assert 0 <= float(row["test_accuracy"]) <= 1 and int(row["steps"]) > 0
   assert all((tmp_path / name).stat().st_size > 10_000 for name in ("learning_curves.png",
                                                                      "gap.png"))
+  if study == "interpretability":   # its analysis of the trained runs
+    assert "cascading randomisation" in (tmp_path / "results.md").read_text()
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("cascade.png", "maps.png"))
 
 
 def test_compression_smoke_sweep_prunes_quantises_distils_and_writes_one_table(data_dir,
                                                                               tmp_path):
   """experiments/compression.py's smoke sweep: the teacher first, then the runs that
-  start from it; results.md is the study's table, with the sizes each point claims."""
+  start from it; results.md holds the study's table, with the sizes each point claims."""
   result = subprocess.run(
       [sys.executable, "-m", "experiments.compression", f"--workdir={tmp_path}",
        "--config=experiments/compression.py:smoke"], cwd=REPO, capture_output=True,
@@ -126,8 +129,9 @@ def test_compression_smoke_sweep_prunes_quantises_distils_and_writes_one_table(d
   assert summaries["int8"]["model_bytes"] < teacher["model_bytes"] / 3
   assert "distilling from" in (tmp_path / "distilled_student" / "seed_0" /
                                "output.log").read_text()
-  table = (tmp_path / "results.md").read_text()
-  assert all(f"| {name} | 1 |" in table for name in summaries)
+  table = (tmp_path / "results.md").read_text().split("## Compressing")[1]
+  assert all(f"| {name} | 1 | {summaries[name]['nonzero_params']:,} / " in table
+             for name in summaries)
   assert (tmp_path / "sparsity.png").stat().st_size > 10_000
 
 

@@ -15,7 +15,7 @@ from research import configs
 from research import errors
 from research import inference
 from research import optim
-from research.models import is_head
+from research.models import HEAD, MODELS, is_head
 from research.training import inputs
 from research.training import loop
 from research.training import preflight
@@ -172,3 +172,13 @@ def test_a_workdir_without_a_finished_run_is_refused_at_run_start(folder, source
                        (unfinished, "holds no finished run")):
     with pytest.raises(errors.ConfigError, match=reason):
       _fresh_state(_config(folder, init_from=str(path)), tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_has_a_head_to_replace(name):
+  """The head (models.HEAD) is each model's output layer: its kernel maps to the classes."""
+  model = nnx.eval_shape(lambda: MODELS[name](input_shape=(32, 32, 3), num_classes=7,
+                                              rngs=nnx.Rngs(params=0)))
+  head = {p: v.shape for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+          if is_head(p)}
+  assert head[(HEAD, "kernel")][-1] == 7 and head[(HEAD, "bias")] == (7,)
