@@ -28,12 +28,12 @@ student alone against distilled) are within the same budget.
 
 Variants:
   smoke  the same points at sparsity 90% only, 1 seed, without the student alone (the
-         teacher's code path), on cifar_cnn's smoke config with a
-         VGG of widths 8-16, one conv per block (256 train and 256 test images, 1
-         epoch): the real code path in about a minute.
+         teacher's code path), on cifar_cnn's smoke config with a VGG of widths 8-16,
+         one conv per block (256 train and 256 test images, 1 epoch): 5 runs, 187 s
+         on the loaded machine of notes.md (not timed idle).
 
-Results: docs/studies/compression/results.md (one table, sparsity.png); what they show and
-the sweep time: docs/studies/compression/notes.md.
+Results: docs/studies/compression/results.md (the study's table under the sweep's) and
+sparsity.png; what they show and the sweep time: docs/studies/compression/notes.md.
 """
 
 import math
@@ -62,10 +62,10 @@ CONTEXT = {
                          "alone, 74 distilled (teacher 67)",
     "finetuned": "Han et al. 2015: AlexNet 89%, VGG-16 92.5% of weights pruned with no "
                  "top-1 loss after retraining (ImageNet)",
-    "oneshot": "Han et al. 2015, Fig. 5: without retraining, AlexNet loses accuracy from "
-               "about 50% pruned (ImageNet)",
-    "int8": "Krishnamoorthi 2018 / Jacob et al. 2018: int8 per-channel weights within "
-            "about 1 point of float32 (ImageNet CNNs)",
+    "oneshot": "Han et al. 2015, Fig. 5: pruned without retraining, AlexNet loses "
+               "accuracy far sooner than with it (ImageNet)",
+    "int8": "Krishnamoorthi 2018; Jacob et al. 2018: post-training int8 per-channel "
+            "weights within about 1 point of float32 (ImageNet CNNs)",
 }
 
 
@@ -145,12 +145,15 @@ def table(rows: list[dict], title: str) -> str:
            "Published results are context: other models and data sets.", "",
            "| point | runs | parameters | bytes | bytes, sparse | test acc (%) | "
            "published (context) |", "|---|---|---|---|---|---|---|"]
+  previous = ""
   for r in rows:
+    context = _context(r["point"])
+    context, previous = ("〃" if context and context == previous else context), context
     accuracy = f"{100 * r['mean']:.2f}" + ("" if math.isnan(r["std"])
                                             else f" ± {100 * r['std']:.2f}")
     sparse = f"{r['sparse_bytes']:,}" if r["sparse_bytes"] < r["bytes"] else "–"
     lines.append(f"| {r['point']} | {r['runs']} | {r['nonzero']:,} / {r['params']:,} | "
-                 f"{r['bytes']:,} | {sparse} | {accuracy} | {_context(r['point'])} |")
+                 f"{r['bytes']:,} | {sparse} | {accuracy} | {context} |")
   return "\n".join(lines) + "\n"
 
 

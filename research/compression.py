@@ -104,20 +104,18 @@ def size_report(params: Any, batch_stats: Any, quantize: str) -> dict:
   channel with quantize='int8', else float32); sparse_model_bytes stores each kernel as a
   bitmap of its nonzero weights plus their values. Everything else is float32."""
   kernels = [p for p in jax.tree.leaves(params) if is_kernel(p)]
-  rest = sum(p.size for p in jax.tree.leaves((params, batch_stats)) if not is_kernel(p))
+  biases = sum(p.size for p in jax.tree.leaves(params) if not is_kernel(p))
+  rest = 4 * (biases + sum(p.size for p in jax.tree.leaves(batch_stats)))
+  count = sum(k.size for k in kernels)
   nonzero = sum(int(jnp.count_nonzero(k)) for k in kernels)
-  weight_count = sum(k.size for k in kernels)
-  if quantize == "int8":
-    dense, value_bytes = weight_count + 4 * sum(k.shape[-1] for k in kernels), 1
-  else:
-    dense, value_bytes = 4 * weight_count, 4
-  sparse = sum(-(-k.size // 8) for k in kernels) + value_bytes * nonzero
-  if quantize == "int8":
-    sparse += 4 * sum(k.shape[-1] for k in kernels)
-  return {"kernel_weights": weight_count, "nonzero_kernel_weights": nonzero,
-          "nonzero_params": nonzero + sum(p.size for p in jax.tree.leaves(params)
-                                          if not is_kernel(p)),
-          "model_bytes": dense + 4 * rest, "sparse_model_bytes": sparse + 4 * rest}
+  int8 = quantize == "int8"
+  value_bytes = 1 if int8 else 4
+  scales = 4 * sum(k.shape[-1] for k in kernels) if int8 else 0   # float32 per channel
+  bitmaps = sum(-(-k.size // 8) for k in kernels)
+  return {"kernel_weights": count, "nonzero_kernel_weights": nonzero,
+          "nonzero_params": nonzero + biases,
+          "model_bytes": value_bytes * count + scales + rest,
+          "sparse_model_bytes": bitmaps + value_bytes * nonzero + scales + rest}
 
 
 @struct.dataclass
@@ -134,8 +132,8 @@ class Teacher:
   def logits(self, images: jax.Array) -> jax.Array:
     """float32 logits, constants to the student's gradient."""
     x = images.astype(jnp.float32) * self.scale + self.shift
-    logits, _ = train_state.call_model(self.graphdef, self.params, self.batch_stats, x, train=False,
-                           dropout_key=None)
+    logits, _ = train_state.call_model(self.graphdef, self.params, self.batch_stats, x,
+                                       train=False, dropout_key=None)
     return jax.lax.stop_gradient(logits.astype(jnp.float32))
 
 
