@@ -22,6 +22,7 @@ DATA_SOURCES = ("auto", "local", "tfds", "download")
 BATCH_NORM = ("auto", "on", "off")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ASYNC_CHECKPOINTS = ("auto", "on", "off")
+FREEZE = ("none", "backbone")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -43,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.cv_folds = 0
   c.cv_fold = 0
   c.train_subset = 0              # train on this many examples (0 = all), seeded
+  # Train on this many examples of each class (0 = all): a stratified few-shot sample
+  # drawn with `seed` (a new seed is a new draw), after config.classes and validation.
+  c.train_per_class = 0
   c.test_subset = 0               # evaluate on this many test examples (0 = all)
   # Train and test on these classes only, by index or name, relabelled 0..k-1 in the
   # order given, before the validation split is carved: e.g. (3, 5) or ('cat', 'dog')
@@ -81,6 +85,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_norm = "auto"           # auto (model default) | on | off
   c.width_multiplier = 1.0        # scales hidden widths and channels; 1 = as defined
   c.depth_multiplier = 1          # repeats each MLP hidden layer / VGG conv; 1 = as defined
+  # Transfer learning (docs/transfer.md). init_from: a finished run's workdir whose
+  # parameters and BatchNorm statistics start a fresh run (not a resumed one); the head
+  # (research/models HEAD) is re-initialised unless the classes are the same. '' = off.
+  # Checked when the run starts, not here: a sweep may plan a run before its source exists.
+  c.init_from = ""
+  # none | backbone: only the head trains; the backbone runs in inference mode (BatchNorm
+  # statistics fixed, dropout off) and its parameters get no updates.
+  c.freeze = "none"
+  c.backbone_lr_multiplier = 1.0  # scales the backbone's updates (with freeze=none)
   # Optimisation.
   c.optimizer = "adam"
   c.learning_rate = 1e-3
@@ -133,6 +146,21 @@ def base_config() -> ml_collections.ConfigDict:
   # weighted): '' (none) | 'balanced' (n_samples / (n_classes * count), counted on the
   # training labels) | one number per class, comma-separated, e.g. '1,4.5'.
   c.class_weights = ""
+  # Compression (docs/compression.md, research/compression.py). Pruning and quantising
+  # apply once, to the weights a fresh run starts from (e.g. those of config.init_from).
+  # Magnitude pruning: zero this fraction of all conv and dense kernel weights, the
+  # smallest |w| under one global threshold (biases and BatchNorm are kept), and keep
+  # them zero through training (the optimiser's last transform masks the updates).
+  c.prune_sparsity = 0.0
+  # Post-training quantisation: none | int8 (kernels as int8, a float32 scale per output
+  # channel, dequantised for inference). Needs num_epochs=0: an evaluation-only run.
+  c.quantize = "none"
+  # Distillation (Hinton et al. 2015): the finished run in this workdir is the teacher,
+  # its eval-mode logits on each augmented batch the soft targets. '' = off. The loss is
+  # alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * cross-entropy.
+  c.distill_from = ""
+  c.distill_temperature = 4.0
+  c.distill_alpha = 0.9
   # Run.
   c.batch_size = 128
   # Speed knobs; what each one gains, per platform: docs/performance.md.
@@ -215,6 +243,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_affine_augmentation(config)
   _check_choice(config, "input_corruption", corruption.INPUT_CORRUPTIONS)
   _check_choice(config, "batch_norm", BATCH_NORM)
+  _check_transfer(config)
   for key in ("label_corruption",):
     if not 0 <= config[key] <= 1:
       raise errors.ConfigError(f"config.{key}={config[key]} must be in [0, 1].")
@@ -226,17 +255,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("width_multiplier", "depth_multiplier", "cutout_size"):
     _check_positive(config, key)
   model_kwargs(config)
-  for key in ("batch_size", "eval_batch_size", "num_epochs", "learning_rate",
+  _check_positive(config, "num_epochs", allow_zero=True)   # 0: evaluate only
+  for key in ("batch_size", "eval_batch_size", "learning_rate",
               "log_every_steps", "steps_per_call"):
     _check_positive(config, key)
   _check_positive(config, "micro_batch_size", allow_zero=True)
   for key in ("weight_decay", "label_smoothing", "validation_size", "warmup_epochs",
               "num_devices", "eval_every_epochs", "crop_padding", "train_subset",
-              "test_subset", "eval_train_size"):
+              "test_subset", "eval_train_size", "train_per_class"):
     _check_positive(config, key, allow_zero=True)
   if not 0 <= config.label_smoothing < 1:
     raise errors.ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1).")
   _check_choice(config, "mode", MODES)
+  _check_compression(config)
   _check_choice(config, "best_mode", ("auto", "max", "min"))
   for key in ("checkpoint_every_steps", "checkpoint_every_epochs", "early_stopping_patience"):
     _check_positive(config, key, allow_zero=True)
@@ -268,6 +299,30 @@ def _check_speed_run(config) -> None:
       raise errors.ConfigError(f"config.{key}={config[key]} must be in [0, 1).")
 
 
+QUANTIZE = ("none", "int8")
+
+
+def _check_compression(config) -> None:
+  """The pruning, quantisation and distillation keys; a teacher's workdir is checked
+  when the run starts (a sweep may plan runs before their teacher exists)."""
+  if not 0 <= config.prune_sparsity < 1:
+    raise errors.ConfigError(f"config.prune_sparsity={config.prune_sparsity} must be in "
+                             "[0, 1), the fraction of kernel weights to zero.")
+  _check_choice(config, "quantize", QUANTIZE)
+  if config.quantize != "none" and config.num_epochs:
+    raise errors.ConfigError(f"config.quantize={config.quantize!r} quantises the weights "
+                             "after training: set config.num_epochs=0 (evaluate only).")
+  if not config.distill_from:
+    return
+  if config.loss != "cross_entropy":
+    raise errors.ConfigError(f"config.distill_from needs config.loss='cross_entropy', "
+                             f"not {config.loss!r}.")
+  _check_positive(config, "distill_temperature")
+  if not 0 <= config.distill_alpha <= 1:
+    raise errors.ConfigError(f"config.distill_alpha={config.distill_alpha} must be in "
+                             "[0, 1].")
+
+
 def _check_classes(classes) -> None:
   """Indices (>= 0) or names, at least two, none repeated; checked against the data at
   load."""
@@ -279,6 +334,26 @@ def _check_classes(classes) -> None:
     raise errors.ConfigError(
         f"config.classes={tuple(classes)!r} must name two or more distinct classes by "
         "index or name, e.g. (3, 5) or ('cat', 'dog'); () for all.")
+
+
+def _check_transfer(config) -> None:
+  """freeze, backbone_lr_multiplier and train_per_class. config.init_from is checked when
+  the run starts: a sweep plans a fine-tuning run before the run it starts from exists."""
+  _check_choice(config, "freeze", FREEZE)
+  if config.backbone_lr_multiplier <= 0:
+    raise errors.ConfigError(f"config.backbone_lr_multiplier={config.backbone_lr_multiplier}"
+                             " must be > 0 (config.freeze=backbone stops the backbone).")
+  if config.freeze == "backbone" and config.backbone_lr_multiplier != 1:
+    raise errors.ConfigError("config.backbone_lr_multiplier has no effect with "
+                             "config.freeze=backbone (the backbone does not train): "
+                             "leave it at 1.")
+  if config.freeze == "backbone" and config.max_norm:
+    raise errors.ConfigError("config.max_norm would rescale the frozen backbone's weights "
+                             "with config.freeze=backbone: set one of them to its default.")
+  if config.train_per_class and config.train_subset:
+    raise errors.ConfigError(f"config.train_per_class={config.train_per_class} and "
+                             f"config.train_subset={config.train_subset} both choose the "
+                             "training examples: set one of them to 0.")
 
 
 def _check_images(config) -> None:

@@ -10,6 +10,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from research import configs
 from research import errors
@@ -62,7 +63,14 @@ def _sizes(config, dataset) -> list[str]:
   if config.test_subset > len(dataset.test):
     lines.append(f"config.test_subset={config.test_subset} is more than the "
                  f"{len(dataset.test)} test examples of {dataset.name}: lower it (0 = all).")
+  smallest = int(np.bincount(dataset.train.labels, minlength=dataset.num_classes).min())
+  if config.train_per_class > smallest:
+    lines.append(f"config.train_per_class={config.train_per_class} is more than the "
+                 f"{smallest} training examples of {dataset.name}'s smallest class"
+                 f"{held_out}: lower it (0 = all).")
   train = min(config.train_subset or available, available)
+  if config.train_per_class:
+    train = dataset.num_classes * min(config.train_per_class, smallest)
   if config.batch_size > train:
     lines.append(f"config.batch_size={config.batch_size} is larger than the {train} "
                  "training examples: lower it, or train on more (config.train_subset).")

@@ -54,6 +54,16 @@ def _unweighted(name, logits, labels, label_smoothing):
   raise errors.ConfigError(f"config.loss={name!r} is unknown; choose one of {LOSSES}.")
 
 
+def distillation(logits: jax.Array, teacher_logits: jax.Array, hard_loss: jax.Array,
+                 temperature: float, alpha: float) -> jax.Array:
+  """Hinton et al. (2015), per example: alpha * T^2 * KL(softmax(t / T) || softmax(s / T))
+  + (1 - alpha) * hard_loss, where hard_loss is the loss on the labels. The T^2 keeps the
+  soft term's gradients on the scale of the hard one's as T changes."""
+  soft = optax.kl_divergence(jax.nn.log_softmax(logits / temperature),
+                             jax.nn.softmax(teacher_logits / temperature))
+  return alpha * temperature**2 * soft + (1 - alpha) * hard_loss
+
+
 def predictions(name: str, logits: jax.Array) -> jax.Array:
   """The predicted class of each example (int32)."""
   if name == BINARY:

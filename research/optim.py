@@ -4,7 +4,9 @@ import jax
 import ml_collections
 import optax
 
+from research import compression
 from research import errors
+from research.models import is_head
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta", "muon")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle",
@@ -79,6 +81,9 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   if config.bn_bias_lr_multiplier != 1:   # after the rest: any optimiser, no decay on them
     tx = optax.chain(tx, optax.masked(optax.scale(config.bn_bias_lr_multiplier),
                                       _batch_norm_bias_mask))
+  tx = _per_part(config, tx)
+  if config.prune_sparsity:   # last, so that nothing before it moves a pruned weight
+    tx = optax.chain(tx, compression.hold_pruned())
   return tx, schedule
 
 
@@ -102,3 +107,23 @@ def _muon_for_conv_kernels(config, schedule):
   return optax.multi_transform(
       {"muon": muon, "sgd": optax.sgd(schedule, momentum=config.momentum, nesterov=True)},
       labels)
+
+
+def _part(params):
+  """'head' or 'backbone' for each parameter (research/models HEAD)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "head" if is_head(path) else "backbone", params)
+
+
+def _per_part(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
+  """`tx` for the head; for the backbone, no update (freeze=backbone) or `tx`'s update
+  scaled by backbone_lr_multiplier, which is the learning rate scaled for every
+  optimiser here. Without either, `tx` itself, so that the optimiser state of runs
+  saved before these keys is unchanged."""
+  if config.freeze == "backbone":
+    backbone = optax.set_to_zero()
+  elif config.backbone_lr_multiplier != 1:
+    backbone = optax.chain(tx, optax.scale(config.backbone_lr_multiplier))
+  else:
+    return tx
+  return optax.multi_transform({"head": tx, "backbone": backbone}, _part)

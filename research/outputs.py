@@ -212,8 +212,11 @@ class RunDir:
     _write_atomic(path, (path.read_text() if path.exists() else "") + line)
 
   def write_summary(self, summary: dict) -> None:
+    self.write_json("summary.json", summary)
+
+  def write_json(self, name: str, record: dict) -> None:
     if self.writes:
-      _write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+      _write_atomic(self.path / name, json.dumps(record, indent=2) + "\n")
 
 
 def git_commit() -> str:

@@ -23,7 +23,7 @@ The sweep directory may be a URL (gs://...): planning, `--print-commands` and
 needs a local one (`check_can_execute`): each job's output goes to a local log file.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import glob
 import importlib.util
@@ -57,12 +57,16 @@ class Point:
   only once every run of the points named in `after` has finished, and a string override
   may name their workdirs through `{sweep_dir}` and `{seed}`, filled in when the sweep is
   planned: {"init_from": "{sweep_dir}/pretrain/seed_{seed}"}. `seeds`, if set, runs this
-  point at fewer seeds than the sweep (e.g. one teacher for three students)."""
+  point at fewer seeds than the sweep (e.g. one teacher for three students).
+
+  Points with the same `series` (e.g. one arm of a comparison) are one line of the
+  curves against `Sweep.x`."""
   overrides: Mapping
   name: str = ""
   published: Mapping = dataclasses.field(default_factory=dict)
   after: Sequence[str] = ()
   seeds: int | None = None
+  series: str = ""
 
   @property
   def label(self) -> str:
@@ -74,7 +78,9 @@ class Sweep:
   """points x seeds. `x`, a numeric override key, makes the plots curves against it
   (e.g. label_corruption, model_kwargs.widths: a sequence's first element), with
   `x_label` and a log scale if `x_log`; otherwise there is one bar per point.
-  `plot_error` plots error (100 - accuracy) instead of accuracy."""
+  `plot_error` plots error (100 - accuracy) instead of accuracy. `analysis`, if set, is
+  called after the runs as `analysis(finished jobs, sweep_dir) -> (markdown, paths)`: what
+  a study measures on the trained models, appended to results.md (research/sweep_results.py)."""
   points: Sequence[Point]
   seeds: int = 1
   x: str = ""
@@ -83,6 +89,7 @@ class Sweep:
   plot_error: bool = False
   title: str = ""
   published_source: str = ""
+  analysis: Callable | None = None
 
   def __post_init__(self):
     labels = [p.label for p in self.points]

@@ -166,10 +166,14 @@ def plot_learning_curves(sweep, jobs, path: epath.Path) -> None:
 def plot_summary(sweep, stats: list[dict], key: str, path: epath.Path,
                  ylabel: str, error: bool = False) -> None:
   """One metric per point with sample-std error bars: a curve against `sweep.x` if it
-  is set (with the train metric beside the test one), else bars. Published figures,
-  where given, are drawn as crosses."""
+  is set, else bars. The curve is one line per `Point.series`, or, without series, the
+  test metric with the train metric beside it; points that do not set `sweep.x` (e.g.
+  a pre-training run) are left out of it. Published figures, where given, are drawn as
+  crosses."""
   plt = plots.pyplot()
   curves = bool(sweep.x)
+  if curves:
+    stats = [s for s in stats if sweep.x in s["point"].overrides]
   fig, ax = plt.subplots(figsize=(7, 4.5) if curves else (max(6, 0.9 * len(stats) + 2), 4.5))
   to_y = (lambda v: 100 - 100 * v) if error else (lambda v: 100 * v)
 
@@ -183,10 +187,14 @@ def plot_summary(sweep, stats: list[dict], key: str, path: epath.Path,
                if key in s["point"].published]
   if curves:
     positions = np.array([x_value(s["point"], sweep.x) for s in stats])
-    order = np.argsort(positions)
-    ax.errorbar(positions[order], means[order], yerr=stds[order], fmt="o-", capsize=3,
-                label=key.split("_")[0])
-    if key == "test_accuracy":
+    series = list(dict.fromkeys(s["point"].series for s in stats))
+    for name in series:
+      mine = [i for i, s in enumerate(stats) if s["point"].series == name]
+      order = np.array(mine)[np.argsort(positions[mine])]
+      ax.errorbar(positions[order], means[order], yerr=stds[order], fmt="o-", capsize=3,
+                  label=name or key.split("_")[0])
+    if key == "test_accuracy" and series == [""]:
+      order = np.argsort(positions)
       train_means, train_stds = mean_std("train_accuracy")
       ax.errorbar(positions[order], train_means[order], yerr=train_stds[order], fmt="s--",
                   capsize=3, color="tab:gray", label="train")
@@ -223,6 +231,10 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
   write_markdown(sweep, stats, num_seeds, written[1], cv_folds=len(folds))
   if not table:
     return written
+  if sweep.analysis:
+    markdown, paths = sweep.analysis([j for j in jobs if j.summary() is not None], sweep_dir)
+    written[1].write_text(written[1].read_text() + "\n" + markdown)
+    written += paths
   test_name = "test_error" if sweep.plot_error else "test_accuracy"
   figures = {"learning_curves.png": None,
              f"{test_name}.png": ("test_accuracy",

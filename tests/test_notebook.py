@@ -73,7 +73,17 @@ def test_colab_notebook_runs_the_main_job_and_a_sweep_off_colab(data_dir, tmp_pa
   assert (tmp_path / "regularization" / "results.md").exists()
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "studies.ipynb", "colab.ipynb"])
+def test_interpret_notebook_draws_the_maps_of_the_main_job(data_dir, monkeypatch):
+  monkeypatch.setenv("RESEARCH_DATA_DIR", str(data_dir))
+  monkeypatch.delenv("RUN_DIR", raising=False)
+  notebook = _execute("interpret.ipynb")
+  assert _images(notebook) == 2   # the maps and the filters
+  text = _outputs(notebook)
+  assert "Grad-CAM: head only" in text and "completeness error" in text
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "studies.ipynb", "colab.ipynb",
+                                  "interpret.ipynb"])
 def test_notebooks_are_committed_without_outputs(name):
   notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
   assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")

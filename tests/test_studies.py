@@ -82,7 +82,7 @@ def test_small_mlp_memorises_random_labels(data_dir, tmp_path, monkeypatch):
 
 
 STUDIES = ("random_labels", "regularization", "dropout_mnist", "double_descent",
-           "early_stopping")
+           "early_stopping", "transfer", "interpretability")
 
 
 @pytest.mark.parametrize("study", STUDIES)
@@ -102,6 +102,37 @@ def test_study_smoke_sweep_runs_and_aggregates(study, data_dir, tmp_path):
     assert 0 <= float(row["test_accuracy"]) <= 1 and int(row["steps"]) > 0
   assert all((tmp_path / name).stat().st_size > 10_000 for name in ("learning_curves.png",
                                                                      "gap.png"))
+  if study == "interpretability":   # its analysis of the trained runs
+    assert "cascading randomisation" in (tmp_path / "results.md").read_text()
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("cascade.png", "maps.png"))
+
+
+def test_compression_smoke_sweep_prunes_quantises_distils_and_writes_one_table(data_dir,
+                                                                              tmp_path):
+  """experiments/compression.py's smoke sweep: the teacher first, then the runs that
+  start from it; results.md holds the study's table, with the sizes each point claims."""
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.compression", f"--workdir={tmp_path}",
+       "--config=experiments/compression.py:smoke"], cwd=REPO, capture_output=True,
+      text=True, timeout=600, env=dict(os.environ, RESEARCH_DATA_DIR=str(data_dir)))
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  summaries = {p.name: json.loads((p / "seed_0" / "summary.json").read_text())
+               for p in tmp_path.iterdir() if (p / "seed_0" / "summary.json").exists()}
+  assert sorted(summaries) == sorted(p.label for p in
+                                     importlib.import_module("experiments.compression")
+                                     .get_sweep("smoke").points)
+  teacher = summaries["teacher"]
+  for name in ("oneshot_sparsity=0.9", "finetuned_sparsity=0.9"):
+    kept = summaries[name]["nonzero_kernel_weights"] / summaries[name]["kernel_weights"]
+    assert kept == pytest.approx(0.1, abs=1e-3)
+  assert summaries["oneshot_sparsity=0.9"]["steps"] == 0
+  assert summaries["int8"]["model_bytes"] < teacher["model_bytes"] / 3
+  assert "distilling from" in (tmp_path / "distilled_student" / "seed_0" /
+                               "output.log").read_text()
+  table = (tmp_path / "results.md").read_text().split("## Compressing")[1]
+  assert all(f"| {name} | 1 | {summaries[name]['nonzero_params']:,} / " in table
+             for name in summaries)
+  assert (tmp_path / "sparsity.png").stat().st_size > 10_000
 
 
 def test_compilation_cache_is_used_and_changes_nothing(data_dir, tmp_path):

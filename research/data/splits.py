@@ -53,6 +53,15 @@ def stratified_indices(labels: np.ndarray, count: int, seed: int) -> tuple[np.nd
   return np.sort(order[held[count:]]), np.sort(order[held[:count]])
 
 
+def per_class_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+  """Sorted indices of `per_class` examples of each class (all of a smaller class),
+  drawn with `seed`: a stratified few-shot sample."""
+  order = np.random.default_rng(seed).permutation(len(labels))
+  by_class = order[np.argsort(labels[order], kind="stable")]   # shuffled within class
+  starts = np.searchsorted(labels[by_class], labels[by_class])
+  return np.sort(by_class[np.arange(len(labels)) - starts < per_class])
+
+
 def carve_validation(train: Split, validation_size: float | int,
                      seed: int) -> tuple[Split, Split | None]:
   if validation_size == 0:

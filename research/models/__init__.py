@@ -26,6 +26,18 @@ MODELS = {
     "airbench": airbench.Airbench,   # the CIFAR-10 speed-run network (issue 16)
 }
 
+# Every registered model names its output layer, the Dense layer that maps features to
+# class scores, `head`; the rest is the backbone. Transfer learning re-initialises the
+# head for new classes (research/transfer.py) and config.freeze=backbone trains only it.
+HEAD = "head"
+
+
+def is_head(path) -> bool:
+  """Whether a parameter's path in the model's state (e.g. ('head', 'kernel'), or a
+  jax key path) lies in the head."""
+  first = path[0]
+  return getattr(first, "key", getattr(first, "name", first)) == HEAD
+
 
 def accepts(name: str, arg: str) -> bool:
   """Whether model `name` takes hyperparameter `arg`. The seed CNN factories forward

@@ -62,21 +62,31 @@ class ConvPoolNet(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:
+    return self.classify(self.features(x, train=train), train=train,
+                         dropout_key=dropout_key)
+
+  def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """The last conv layer's activations (before its pooling), which Grad-CAM weighs
+    (research/interpret.py); `classify` turns them into logits. The split adds no state
+    and no operation to the forward pass."""
     base.check_input(x, self.input_shape)
-    h, layer = x, 0
-    for conv in self.convs:
+    h = x
+    for layer, conv in enumerate(self.convs):
+      if layer:
+        h = nnx.max_pool(h, (2, 2), strides=(2, 2))
       h = self.act(self._norm(layer, conv(h), train))
-      h = nnx.max_pool(h, (2, 2), strides=(2, 2))
-      layer += 1
-    h = base.flatten(h)
-    for dense in self.dense:
+    return h
+
+  def classify(self, h: jax.Array, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Logits from `features`: the last pooling, the hidden dense layers and the head."""
+    h = base.flatten(nnx.max_pool(h, (2, 2), strides=(2, 2)))
+    for layer, dense in enumerate(self.dense, start=len(self.convs)):
       h = self.act(self._norm(layer, dense(h), train))
-      layer += 1
     h = layers.dropout(h, self.dropout_rate, dropout_key, train)
     logits = self.head(h)
-    base.check_logits(logits, x.shape[0], self.num_classes)
+    base.check_logits(logits, h.shape[0], self.num_classes)
     return logits
-
 
   def _norm(self, layer: int, h: jax.Array, train: bool) -> jax.Array:
     if not self.norms:

@@ -57,6 +57,14 @@ class VGG(nnx.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:
+    return self.classify(self.features(x, train=train, dropout_key=dropout_key),
+                         train=train, dropout_key=dropout_key)
+
+  def features(self, x: jax.Array, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """The last conv layer's activations (after its BatchNorm and ReLU, before its
+    block's pooling), which Grad-CAM weighs (research/interpret.py); `classify` turns
+    them into logits. The split adds no state and no operation to the forward pass."""
     base.check_input(x, self.input_shape)
     h = x
     for i, conv in enumerate(self.convs):
@@ -64,13 +72,22 @@ class VGG(nnx.Module):
       if self.norms:
         h = self.norms[i](h, use_running_average=not train)
       h = self.act(h)
-      if (i + 1) % self.convs_per_block == 0:
-        block = i // self.convs_per_block
-        h = nnx.max_pool(h, (2, 2), strides=(2, 2))
-        h = layers.dropout(h, self.block_dropout[block],
-                           layers.layer_key(dropout_key, block), train)
+      if (i + 1) % self.convs_per_block == 0 and i + 1 < len(self.convs):
+        h = self._end_block(i // self.convs_per_block, h, train, dropout_key)
+    return h
+
+  def classify(self, h: jax.Array, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Logits from `features`: the last block's pooling, global average pooling, head."""
+    h = self._end_block(len(self.block_dropout) - 1, h, train, dropout_key)
     h = jnp.mean(h, axis=(1, 2))
     h = layers.dropout(h, self.head_dropout, layers.layer_key(dropout_key, len(self.block_dropout)), train)
     logits = self.head(h)
-    base.check_logits(logits, x.shape[0], self.num_classes)
+    base.check_logits(logits, h.shape[0], self.num_classes)
     return logits
+
+  def _end_block(self, block: int, h: jax.Array, train: bool,
+                 dropout_key: jax.Array | None) -> jax.Array:
+    h = nnx.max_pool(h, (2, 2), strides=(2, 2))
+    return layers.dropout(h, self.block_dropout[block],
+                          layers.layer_key(dropout_key, block), train)

@@ -39,8 +39,12 @@ def load_full(config: ml_collections.ConfigDict) -> "data_lib.Dataset":
 def select(config: ml_collections.ConfigDict,
            dataset: "data_lib.Dataset") -> "data_lib.Dataset":
   """`config`'s subsets of the whole dataset, corrupted as it asks."""
+  train = subset(dataset.train, config.train_subset, config.split_seed)
+  if config.train_per_class:   # drawn with `seed`, as few-shot results average draws
+    keep = splits.per_class_indices(train.labels, config.train_per_class, config.seed)
+    train = dataclasses.replace(train, images=train.images[keep], labels=train.labels[keep])
   dataset = dataclasses.replace(
-      dataset, train=subset(dataset.train, config.train_subset, config.split_seed),
+      dataset, train=train,
       test=subset(dataset.test, config.test_subset, config.split_seed))
   # Corruptions come after subsetting (they act on what is trained on) and draw from
   # `seed`, not `split_seed`: a new seed is a new draw of the corrupted data.

@@ -3,6 +3,7 @@ resumes from checkpoints (docs/checkpoints.md)."""
 
 from collections.abc import Callable, Mapping
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from research import checkpoint as checkpoint_lib
 from research import compilation_cache
+from research import compression
 from research import configs
 from research import data as data_lib
 from research import errors
@@ -26,6 +28,7 @@ from research import progress as progress_lib
 from research import optim
 from research import runtime
 from research import sharding
+from research import transfer
 from research import tuning as tuning_lib
 from research.training import preflight
 from research.training import resume
@@ -98,7 +101,9 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
                      f"{tp.best['metric']} {tp.best['value']:.4f}")
   summary = summarize(run)
   if not config.final_train_eval:  # fall back on the running average of the last log
-    summary.update(train_accuracy=last_train["accuracy"], train_loss=last_train["loss"],
+    # (none when the run only evaluates: num_epochs=0)
+    summary.update(train_accuracy=last_train.get("accuracy", math.nan),
+                   train_loss=last_train.get("loss", math.nan),
                    train_metrics="running average over the last log window, training mode")
   summary["generalization_gap"] = summary["train_accuracy"] - summary["test_accuracy"]
   summary.update(steps=steps, epochs=steps / run.steps_per_epoch,
@@ -109,7 +114,8 @@ def _finish(run: "Run", start: float, train_seconds: float, last_train: dict) ->
   run.writer.write_summary(summary)
   if run.writer.writes:
     title = f"{config.model} on {run.dataset.name}"
-    plots.plot_learning_curves(run.writer.path, title=title)
+    if steps:   # a run that only evaluates (num_epochs=0) has no curves
+      plots.plot_learning_curves(run.writer.path, title=title)
     plots.plot_confusion_matrices(
         run.writer.path, {split: summary[f"{split}_confusion_matrix"]
                           for split in ("validation", "test") if split in run.eval_splits},
@@ -209,10 +215,14 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       temporary_path_class=hooks.checkpoint_temporary_path,
       async_saves=checkpoint_lib.async_saves(config.async_checkpoints,
                                              mesh.devices.flat[0].platform))
+  # A fresh run starts from config.init_from's weights; a resumed one from its own.
+  transferred = (transfer.initialise(model, config, dataset.class_names, writer)
+                 if training and config.init_from and not checkpoints.steps() else None)
   tuning = tuning_lib.for_mesh(mesh, config)
-  state = jax.device_put(create_train_state(model, tx, tuning.model_fn,
-                                            config.weight_averaging != "none"),
-                         sharding.replicated(mesh))
+  fresh = create_train_state(model, tx, tuning.model_fn, config.weight_averaging != "none")
+  state, compressed = compression.start_state(fresh, config, dataset.class_names,
+                                              dataset.image_shape)
+  state = jax.device_put(state, sharding.replicated(mesh))
   state, train_progress, resumed_from = resume.restore(checkpoints, state, writer, config,
                                                        steps_per_epoch)
   if training:
@@ -249,6 +259,10 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       f"{count_params(run.state):,} parameters on {where['count']} {where['platform']} "
       f"device(s) ({where['kind']}) in {where['processes']} process(es); "
       f"XLA_FLAGS={where['xla_flags'] or '(none)'}")
+  if transferred:
+    run.progress.log(transfer.describe(transferred))
+  for note in compressed:
+    run.progress.log(note)
   if class_weights:
     run.progress.log("class weights of the training loss: " + ", ".join(
         f"{name} {w:.4g}" for name, w in zip(dataset.class_names, class_weights)))
@@ -475,6 +489,7 @@ def summarize(run: Run, log: bool = False) -> dict:
   summary.update(
       dataset=dataset.name, data_source=dataset.source, class_names=list(dataset.class_names),
       model=config.model, num_params=count_params(run.state),
+      **compression.size_report(run.state.params, run.state.batch_stats, config.quantize),
       devices=runtime.describe(run.mesh), versions=outputs.library_versions(),
       git_commit=outputs.git_commit())
   return summary

@@ -30,6 +30,8 @@ class TrainState:
   graphdef: nnx.GraphDef = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
   model_fn: Callable = struct.field(pytree_node=False)   # call_model, maybe tuned
+  # A distillation teacher (research/compression.py), or None; never checkpointed.
+  teacher: Any = None
 
 
 def call_model(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,

@@ -46,6 +46,11 @@ class StepConfig:
   averaging_decay: float = 0.0
   averaging_decay_power: float = 0.0
   total_steps: int = 1     # of the run: the averaging's decay schedule
+  distill_temperature: float = 4.0   # with a teacher in the state (config.distill_from)
+  distill_alpha: float = 0.9
+  # backbone: the forward pass of training runs in inference mode, so that a frozen
+  # backbone's BatchNorm statistics stay fixed and its features are the ones evaluated.
+  freeze: str = "none"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, num_devices: int = 1,
@@ -125,10 +130,14 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
                                 cfg.crop_fill, batch.get("flip"))
 
   def loss_fn(params, images, labels, dropout_key, batch_stats):
-    logits, batch_stats = apply_model(state, params, images, train=True,
+    logits, batch_stats = apply_model(state, params, images, train=cfg.freeze == "none",
                                       dropout_key=dropout_key, batch_stats=batch_stats)
     loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing,
-                                   cfg.class_weights).mean()
+                                   cfg.class_weights)
+    if state.teacher is not None:
+      loss = losses.distillation(logits, state.teacher.logits(images), loss,
+                                 cfg.distill_temperature, cfg.distill_alpha)
+    loss = loss.mean()
     if cfg.l1 or cfg.l2:
       loss = loss + penalty(params, cfg.l1, cfg.l2)
     chex.assert_type([logits, loss], jnp.float32)
