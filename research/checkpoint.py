@@ -100,8 +100,11 @@ class _KeepLatestAndBest:
 
 
 def _state_items(state) -> dict:
-  return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-          "opt_state": state.opt_state}
+  items = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+           "opt_state": state.opt_state}
+  if state.average is not None:   # weight averaging (training/averaging.py)
+    items["average"] = state.average
+  return items
 
 
 def _abstract(tree):

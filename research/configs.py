@@ -64,8 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.normalize = "auto"            # auto | none | explicit
   c.normalize_mean = ()           # per channel; set only with normalize='explicit'
   c.normalize_std = ()
-  c.augment = "none"              # comma-separated: crop, flip, cutout, rotate, scale
+  c.augment = "none"              # comma-separated: crop, flip, cutout, rotate, scale,
+                                  # alternating_flip (preprocess.py)
   c.crop_padding = 4
+  c.crop_fill = "zero"            # crop's padding: zero (the mean) | reflect (airbench)
   c.cutout_size = 8               # side of the square that `cutout` zeroes (the mean)
   c.rotate_degrees = 15.0         # rotate: by a random angle in [-this, this] degrees
   c.scale_range = (0.9, 1.1)      # scale: by a random factor in [low, high] (> 1 zooms in)
@@ -113,6 +115,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.lr_decay_factor = 0.1
   c.lr_step_epochs = ()          # epochs at which 'step' multiplies by lr_decay_factor
+  # The CIFAR-10 speed-run recipe's knobs (experiments/airbench.py); off at these values.
+  # lr_schedule='triangular': linear from lr_start_factor x learning_rate up to
+  # learning_rate at lr_peak_fraction of the run, then linear to lr_end_factor x it.
+  c.lr_start_factor = 0.2
+  c.lr_peak_fraction = 0.23
+  c.lr_end_factor = 0.07
+  c.bn_bias_lr_multiplier = 1.0   # BatchNorm biases (layers named norm*) step this x larger
+  # optimizer='muon': conv kernels (4-D) by optax.contrib.muon at this peak learning rate
+  # (the schedule's shape), everything else by Nesterov SGD at learning_rate.
+  c.muon_learning_rate = 0.05
+  # Weight averaging: every averaging_every steps, average <- d * average + (1 - d) *
+  # weights, with d = averaging_decay * (step / total steps) ** averaging_decay_power;
+  # lookahead also sets the weights to the average. Evaluation, checkpoints' served model
+  # and predictions use the average (of the parameters and BatchNorm statistics).
+  c.weight_averaging = "none"     # none | ema | lookahead
+  c.averaging_every = 5
+  c.averaging_decay = 0.95 ** 5
+  c.averaging_decay_power = 3.0
+  # Test-time augmentation at evaluation: none | flip (mean logits of the image and its
+  # mirror) | flip_translate (half that, half the same of 1-pixel shifts up-left and
+  # down-right, reflect-padded: airbench's 6 views).
+  c.tta = "none"
+  c.whitening_examples = 5000     # seeded training images a data-initialised model sees
   # cross_entropy | mse | binary_cross_entropy: one sigmoid output unit for 2 classes
   # (class 1 is the positive; predicted where the logit is > 0).
   c.loss = "cross_entropy"
@@ -251,6 +276,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_cross_validation(config)
   _check_best_metric(config)
   normalization.validate(config)
+  _check_speed_run(config)
+
+
+WEIGHT_AVERAGING = ("none", "ema", "lookahead")
+TTA = ("none", "flip", "flip_translate")
+CROP_FILLS = ("zero", "reflect")
+
+
+def _check_speed_run(config) -> None:
+  """The speed-run recipe's knobs (experiments/airbench.py)."""
+  for key, choices in (("weight_averaging", WEIGHT_AVERAGING), ("tta", TTA),
+                       ("crop_fill", CROP_FILLS)):
+    _check_choice(config, key, choices)
+  for key in ("bn_bias_lr_multiplier", "averaging_every", "muon_learning_rate",
+              "whitening_examples"):
+    _check_positive(config, key)
+  for key in ("lr_start_factor", "lr_end_factor", "averaging_decay_power"):
+    _check_positive(config, key, allow_zero=True)
+  for key in ("lr_peak_fraction", "averaging_decay"):
+    if not 0 <= config[key] < 1:
+      raise errors.ConfigError(f"config.{key}={config[key]} must be in [0, 1).")
 
 
 QUANTIZE = ("none", "int8")

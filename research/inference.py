@@ -90,6 +90,8 @@ def restore(workdir: str | os.PathLike) -> RestoredModel:
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = {"params": _abstract(params, device), "batch_stats": _abstract(batch_stats, device)}
+  if config.weight_averaging != "none":   # the run evaluated and serves the average
+    target = {"average": target}
   checkpoints = checkpoint_lib.Checkpoints(writer.checkpoint_dir, read_only=True)
   try:
     restored = checkpoints.restore_weights_of_best(target)
@@ -100,6 +102,7 @@ def restore(workdir: str | os.PathLike) -> RestoredModel:
         f"No checkpoint in {writer.checkpoint_dir} could be read: train the run first "
         "(or let it reach its first checkpoint).")
   step, weights = restored
+  weights = weights.get("average", weights)
   return RestoredModel(config=config, class_names=tuple(info["class_names"]),
                        image_shape=image_shape, image_dtype=np.dtype(info["image_dtype"]),
                        step=step, graphdef=graphdef, params=weights["params"],

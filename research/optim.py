@@ -8,8 +8,9 @@ from research import compression
 from research import errors
 from research.models import is_head
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta")
-SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta", "muon")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle",
+             "triangular")
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -35,6 +36,11 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
     return optax.join_schedules(
         [optax.linear_schedule(lr * 0.1, lr, peak),
          optax.linear_schedule(lr, 0.0, max(1, total - peak))], [peak])
+  if name == "triangular":  # airbench's: start -> peak -> end, linear in each part
+    peak = max(1, int(config.lr_peak_fraction * total))
+    return optax.join_schedules(
+        [optax.linear_schedule(lr * config.lr_start_factor, lr, peak),
+         optax.linear_schedule(lr, lr * config.lr_end_factor, max(1, total - peak))], [peak])
   raise errors.ConfigError(f"config.lr_schedule={name!r} is unknown; choose one of {SCHEDULES}.")
 
 
@@ -66,14 +72,41 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     tx = optax.rmsprop(schedule, decay=config.rmsprop_decay, eps=config.eps)
   elif name == "adadelta":
     tx = optax.adadelta(schedule, eps=config.eps)
+  elif name == "muon":
+    tx = _muon_for_conv_kernels(config, schedule)
   else:
     raise errors.ConfigError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
   if wd and name != "adamw":
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
+  if config.bn_bias_lr_multiplier != 1:   # after the rest: any optimiser, no decay on them
+    tx = optax.chain(tx, optax.masked(optax.scale(config.bn_bias_lr_multiplier),
+                                      _batch_norm_bias_mask))
   tx = _per_part(config, tx)
   if config.prune_sparsity:   # last, so that nothing before it moves a pruned weight
     tx = optax.chain(tx, compression.hold_pruned())
   return tx, schedule
+
+
+def _batch_norm_bias_mask(params):
+  """The biases of BatchNorm layers, which the models name norm*, norms[i]."""
+  def is_bias(path, _):
+    names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+    return "bias" in names and any(n.startswith("norm") for n in names)
+  return jax.tree_util.tree_map_with_path(is_bias, params)
+
+
+def _muon_for_conv_kernels(config, schedule):
+  """Muon (optax.contrib.muon) on the conv kernels, each orthogonalised as a (kh*kw*in,
+  out) matrix, with the learning rate `config.muon_learning_rate` on the schedule's shape;
+  Nesterov SGD on every other parameter."""
+  ratio = config.muon_learning_rate / config.learning_rate
+  muon = optax.contrib.muon(
+      lambda step: schedule(step) * ratio, beta=config.momentum, nesterov=True,
+      muon_weight_dimension_numbers=optax.contrib.MuonDimensionNumbers((0, 1, 2), 3))
+  labels = lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 4 else "sgd", params)
+  return optax.multi_transform(
+      {"muon": muon, "sgd": optax.sgd(schedule, momentum=config.momentum, nesterov=True)},
+      labels)
 
 
 def _part(params):

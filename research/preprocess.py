@@ -16,7 +16,9 @@ from jax.scipy import ndimage
 
 from research import errors
 
-AUGMENTATIONS = ("crop", "flip", "cutout", "rotate", "scale")
+# alternating_flip: each image mirrored in alternate epochs, starting at random (seeded)
+# in epoch 0 (airbench's derandomised flips; the loop gives each image's flip).
+AUGMENTATIONS = ("crop", "flip", "cutout", "rotate", "scale", "alternating_flip")
 
 
 def parse_augment(spec: str) -> tuple[str, ...]:
@@ -43,13 +45,16 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
   return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)
 
 
-def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
-  """Pads each image with zeros (the mean, after normalisation) and crops it back at a
-  random offset: a translation by up to `padding` pixels. An axis of length 1 (the W of
-  MNIST-1D's (40, 1) sequences) is not translated, or most crops would be all padding."""
+def random_crop(key: jax.Array, images: jax.Array, padding: int,
+                fill: str = "zero") -> jax.Array:
+  """Pads each image with zeros (the mean, after normalisation), or with its mirror
+  image (fill='reflect'), and crops it back at a random offset: a translation by up to
+  `padding` pixels. An axis of length 1 (the W of MNIST-1D's (40, 1) sequences) is not
+  translated, or most crops would be all padding."""
   n, h, w, c = images.shape
   pad_h, pad_w = (padding if h > 1 else 0), (padding if w > 1 else 0)
-  padded = jnp.pad(images, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+  padded = jnp.pad(images, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)),
+                   mode="reflect" if fill == "reflect" else "constant")
   # Drawn as for 2-D images, then clipped, so 2-D crops do not change.
   offsets = jnp.minimum(jax.random.randint(key, (n, 2), 0, 2 * padding + 1),
                         jnp.array([2 * pad_h, 2 * pad_w]))
@@ -61,8 +66,35 @@ def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
 
 
 def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
-  flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
-  return jnp.where(flip, images[:, :, ::-1, :], images)
+  return flip_where(jax.random.bernoulli(key, 0.5, (images.shape[0],)), images)
+
+
+def flip_where(flip: jax.Array, images: jax.Array) -> jax.Array:
+  """Mirrors left-right the images whose entry of `flip` (N,) is true."""
+  return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def alternating_flips(key: jax.Array, size: int, epoch: jax.Array) -> jax.Array:
+  """Whether each of `size` training images is mirrored in `epoch`: at random (from
+  `key` alone) in even epochs, the opposite in odd ones, so every image is seen both
+  ways equally often."""
+  return jax.random.bernoulli(key, 0.5, (size,)) ^ (epoch % 2 == 1)
+
+
+def test_time_views(images: jax.Array, mode: str) -> list[tuple[float, jax.Array]]:
+  """(weight, images) of each test-time view, the weights summing to 1. flip: the
+  images and their mirrors; flip_translate (airbench's): those at 1/4 each, and at 1/8
+  each, the 1-pixel shifts up-left and down-right (reflect-padded) and their mirrors."""
+  if mode == "none":
+    return [(1.0, images)]
+  mirrored = [images, images[:, :, ::-1, :]]
+  if mode == "flip":
+    return [(0.5, view) for view in mirrored]
+  h, w = images.shape[1:3]
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  shifted = [padded[:, :h, :w], padded[:, 2:, 2:]]
+  shifted += [view[:, :, ::-1, :] for view in shifted]
+  return [(0.25, view) for view in mirrored] + [(0.125, view) for view in shifted]
 
 
 def cutout(key: jax.Array, images: jax.Array, size: int) -> jax.Array:
@@ -119,7 +151,9 @@ def random_rotate_scale(key: jax.Array, images: jax.Array, max_degrees: float,
 
 def augment(key: jax.Array, images: jax.Array, ops: tuple[str, ...],
             crop_padding: int, cutout_size: int = 8, rotate_degrees: float = 0.0,
-            scale_range: Sequence[float] = (1.0, 1.0)) -> jax.Array:
+            scale_range: Sequence[float] = (1.0, 1.0), crop_fill: str = "zero",
+            flips: jax.Array | None = None) -> jax.Array:
+  """`flips`: for alternating_flip, whether each image is mirrored (alternating_flips)."""
   crop_key, flip_key = jax.random.split(key)
   # Rotate and scale go first, on the whole image. Their key is folded in (as cutout's
   # is), so that crop, flip and cutout draw exactly as before they existed.
@@ -128,9 +162,11 @@ def augment(key: jax.Array, images: jax.Array, ops: tuple[str, ...],
                                  rotate_degrees if "rotate" in ops else 0.0,
                                  scale_range if "scale" in ops else (1.0, 1.0))
   if "crop" in ops and crop_padding > 0:
-    images = random_crop(crop_key, images, crop_padding)
+    images = random_crop(crop_key, images, crop_padding, crop_fill)
   if "flip" in ops:
     images = random_flip(flip_key, images)
+  if "alternating_flip" in ops:
+    images = flip_where(flips, images)
   if "cutout" in ops:  # folded in, so crop and flip draw exactly as before cutout existed
     images = cutout(jax.random.fold_in(key, 2), images, cutout_size)
   return images

@@ -9,6 +9,7 @@ import inspect
 
 from flax import nnx
 
+from research.models import airbench
 from research.models import cnn
 from research.models import mlp
 from research.models import vgg
@@ -22,6 +23,7 @@ MODELS = {
     "cnn32": cnn.cnn32,              # S5
     "dropout_cnn": cnn.dropout_cnn,  # S6
     "vgg": vgg.VGG,                  # the main job's CIFAR CNN
+    "airbench": airbench.Airbench,   # the CIFAR-10 speed-run network (issue 16)
 }
 
 # Every registered model names its output layer, the Dense layer that maps features to

@@ -38,13 +38,14 @@ def layer_key(key: jax.Array | None, index: int) -> jax.Array | None:
 
 
 def batch_norm(features: int, *, momentum: float, compute_dtype: str,
-               rngs: nnx.Rngs) -> nnx.BatchNorm:
+               rngs: nnx.Rngs, epsilon: float = 1e-5,
+               use_scale: bool = True) -> nnx.BatchNorm:
   """nnx.BatchNorm that normalises in float32 and returns `compute_dtype`. Flax computes
   the batch statistics in at least float32 but casts the running averages, scale and
   bias to the layer's dtype; here they stay float32, so that inference in bfloat16 does
-  not normalise with rounded statistics."""
-  return nnx.BatchNorm(features, momentum=momentum, dtype=compute_dtype,
-                       promote_dtype=_keep_dtypes, rngs=rngs)
+  not normalise with rounded statistics. `use_scale=False` freezes the scale at 1."""
+  return nnx.BatchNorm(features, momentum=momentum, epsilon=epsilon, use_scale=use_scale,
+                       dtype=compute_dtype, promote_dtype=_keep_dtypes, rngs=rngs)
 
 
 def _keep_dtypes(args: tuple, /, *, dtype=None, inexact=True) -> tuple:

@@ -12,12 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import preprocess
 from research import sharding
 from research.training.step import STEP_METRICS, StepConfig, eval_step, train_step
 from research.tuning import Tuning
 
 # Independent random streams, each folded with the step or epoch.
-_STEP_STREAM, _SHUFFLE_STREAM = 0, 1
+_STEP_STREAM, _SHUFFLE_STREAM, _FLIP_STREAM = 0, 1, 2
 
 
 def rows_per_call(cfg: StepConfig, batch_size: int) -> int:
@@ -33,12 +34,16 @@ def make_train_fn(cfg: StepConfig, mesh, batch_size: int, seed: int,
   permutation `perm`. Each metric is an array of steps_per_call entries, the first
   `count` of them the steps' own. One program serves every count."""
   step_key = jax.random.fold_in(jax.random.key(seed), _STEP_STREAM)
+  flip_key = jax.random.fold_in(jax.random.key(seed), _FLIP_STREAM)
   batch_sharding = sharding.batch_sharded(mesh)
 
   def train_on_batch(state, images, labels, perm, index):
     idx = jax.lax.dynamic_slice_in_dim(perm, index * batch_size, batch_size)
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     batch = {"image": images[idx], "label": labels[idx]}
+    if "alternating_flip" in cfg.augment:   # by image, not by position in the batch
+      epoch = state.step // (perm.shape[0] // batch_size)
+      batch["flip"] = preprocess.alternating_flips(flip_key, perm.shape[0], epoch)[idx]
     return train_step(state, batch, jax.random.fold_in(step_key, state.step), cfg)
 
   options = tuning.compiler_options(rows_per_call(cfg, batch_size))

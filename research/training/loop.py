@@ -23,6 +23,7 @@ from research import losses as losses_lib
 from research import metrics as metrics_lib
 from research import outputs
 from research import plots
+from research import preprocess
 from research import progress as progress_lib
 from research import optim
 from research import runtime
@@ -193,10 +194,12 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
   sharding.check_batch_size(config.batch_size, mesh)
   class_weights = losses_lib.class_weights(config.class_weights, dataset.train.labels,
                                            dataset.num_classes)
-  # Checks micro_batch_size per shard.
-  cfg = StepConfig.from_config(config, mesh.size, class_weights)
   steps_per_epoch = len(dataset.train.labels) // config.batch_size   # >= 1: preflight
+  # Checks micro_batch_size per shard.
+  cfg = StepConfig.from_config(config, mesh.size, class_weights, steps_per_epoch)
   model = create_run_model(config, dataset.image_shape, dataset.num_classes)
+  if hasattr(model, "init_from_data"):   # e.g. airbench's whitening; a resume restores it
+    model.init_from_data(_data_init_images(config, dataset))
   if (cfg.micro_batches > 1 and not config.ghost_batch_norm
       and jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
     raise errors.ConfigError(
@@ -216,8 +219,8 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
   transferred = (transfer.initialise(model, config, dataset.class_names, writer)
                  if training and config.init_from and not checkpoints.steps() else None)
   tuning = tuning_lib.for_mesh(mesh, config)
-  state, compressed = compression.start_state(create_train_state(model, tx, tuning.model_fn),
-                                              config, dataset.class_names,
+  fresh = create_train_state(model, tx, tuning.model_fn, config.weight_averaging != "none")
+  state, compressed = compression.start_state(fresh, config, dataset.class_names,
                                               dataset.image_shape)
   state = jax.device_put(state, sharding.replicated(mesh))
   state, train_progress, resumed_from = resume.restore(checkpoints, state, writer, config,
@@ -274,6 +277,14 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
       run.progress.log(f"note: lr_schedule={config.lr_schedule} depends on num_epochs; "
                        "the rest of the run follows the schedule of the new length.")
   return run
+
+
+def _data_init_images(config, dataset) -> np.ndarray:
+  """`config.whitening_examples` training images (seeded), normalised as the model sees
+  them, for a model whose initial weights depend on the data."""
+  images = subset(dataset.train, config.whitening_examples, config.seed).images
+  return np.asarray(preprocess.normalize(images, config.normalize_mean,
+                                         config.normalize_std))
 
 
 def train(run: Run) -> tuple[float, dict]:

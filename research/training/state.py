@@ -24,6 +24,9 @@ class TrainState:
   params: nnx.State
   batch_stats: nnx.State          # empty for models without BatchNorm
   opt_state: Any
+  # {'params', 'batch_stats'} averaged over training (training/averaging.py), what the
+  # run evaluates and serves; None without weight averaging.
+  average: Any
   graphdef: nnx.GraphDef = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
   model_fn: Callable = struct.field(pytree_node=False)   # call_model, maybe tuned
@@ -51,11 +54,15 @@ def create_run_model(config, image_shape, num_classes: int) -> nnx.Module:
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
-                       wrap_model: Callable = lambda fn: fn) -> TrainState:
-  """The state of a fresh run; `wrap_model` (a platform's tuning) wraps `call_model`."""
+                       wrap_model: Callable = lambda fn: fn,
+                       averaged: bool = False) -> TrainState:
+  """The state of a fresh run; `wrap_model` (a platform's tuning) wraps `call_model`;
+  `averaged`: the state keeps an average of the weights, starting at the initial ones."""
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  average = ({"params": jax.tree.map(jnp.copy, params),
+              "batch_stats": jax.tree.map(jnp.copy, batch_stats)} if averaged else None)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=batch_stats, opt_state=tx.init(params),
+                    batch_stats=batch_stats, opt_state=tx.init(params), average=average,
                     graphdef=graphdef, tx=tx, model_fn=wrap_model(call_model))
 
 
@@ -69,6 +76,13 @@ def apply_model(state: TrainState, params: nnx.State, images: jax.Array, *,
   logits, batch_stats = state.model_fn(state.graphdef, params, batch_stats, images,
                                        train=train, dropout_key=dropout_key)
   return logits.astype(jnp.float32), batch_stats
+
+
+def evaluated_weights(state: TrainState) -> tuple[nnx.State, nnx.State]:
+  """(params, batch_stats) that evaluation uses: the average when the run keeps one."""
+  if state.average is None:
+    return state.params, state.batch_stats
+  return state.average["params"], state.average["batch_stats"]
 
 
 def count_params(state: TrainState) -> int:

@@ -15,7 +15,8 @@ import ml_collections
 from research import errors
 from research import losses
 from research import preprocess
-from research.training.state import TrainState, apply_model
+from research.training import averaging
+from research.training.state import TrainState, apply_model, evaluated_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,13 @@ class StepConfig:
   data_shards: int = 1     # devices the batch is split over (slices keep rows on them)
   compute_dtype: str = "float32"   # of the images; the model's layers are built with it
   class_weights: tuple[float, ...] = ()   # of the train loss, per class; () = none
+  crop_fill: str = "zero"
+  tta: str = "none"
+  weight_averaging: str = "none"
+  averaging_every: int = 5
+  averaging_decay: float = 0.0
+  averaging_decay_power: float = 0.0
+  total_steps: int = 1     # of the run: the averaging's decay schedule
   distill_temperature: float = 4.0   # with a teacher in the state (config.distill_from)
   distill_alpha: float = 0.9
   # backbone: the forward pass of training runs in inference mode, so that a frozen
@@ -46,12 +54,14 @@ class StepConfig:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, num_devices: int = 1,
-                  class_weights: tuple[float, ...] = ()) -> "StepConfig":
+                  class_weights: tuple[float, ...] = (),
+                  steps_per_epoch: int = 1) -> "StepConfig":
     """`class_weights`: config.class_weights resolved against the training labels
     (losses.class_weights)."""
     derived = {"augment": preprocess.parse_augment(config.augment),
                "micro_batches": micro_batches(config, num_devices),
-               "data_shards": num_devices, "class_weights": tuple(class_weights)}
+               "data_shards": num_devices, "class_weights": tuple(class_weights),
+               "total_steps": steps_per_epoch * config.num_epochs}
     taken = {f.name: _typed(f.default, config[f.name]) for f in dataclasses.fields(cls)
              if f.name not in derived}
     return cls(**taken, **derived)
@@ -109,14 +119,15 @@ def max_norm_project(params, max_norm: float):
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
-  """One optimiser update on `batch = {'image': NHWC uint8 (or float32), 'label': int32 N}`.
-  The forward and backward passes run in `cfg.compute_dtype`; the loss, the gradients
+  """One optimiser update on `batch = {'image': NHWC uint8 (or float32), 'label': int32 N}`
+  (and 'flip', bool N, with alternating_flip: preprocess.alternating_flips). The forward and backward passes run in `cfg.compute_dtype`; the loss, the gradients
   and the update are in the parameters' dtype (float32)."""
   augment_key, dropout_key = jax.random.split(key)
   images = _normalize(batch["image"], cfg)
   if cfg.augment:
     images = preprocess.augment(augment_key, images, cfg.augment, cfg.crop_padding,
-                                cfg.cutout_size, cfg.rotate_degrees, cfg.scale_range)
+                                cfg.cutout_size, cfg.rotate_degrees, cfg.scale_range,
+                                cfg.crop_fill, batch.get("flip"))
 
   def loss_fn(params, images, labels, dropout_key, batch_stats):
     logits, batch_stats = apply_model(state, params, images, train=cfg.freeze == "none",
@@ -146,6 +157,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   chex.assert_trees_all_equal_dtypes(batch_stats, state.batch_stats)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
+  if cfg.weight_averaging != "none":
+    new_state = averaging.update(new_state, cfg.weight_averaging, cfg.averaging_every,
+                                 cfg.averaging_decay, cfg.averaging_decay_power,
+                                 cfg.total_steps)
   metrics = {"loss": loss,
              "accuracy": jnp.mean(losses.predictions(cfg.loss, logits) == batch["label"])}
   return new_state, metrics
@@ -186,8 +201,12 @@ def in_slices(grad_fn, micro_batches: int, data_shards: int):
 
 def eval_step(state: TrainState, batch: dict, cfg: StepConfig):
   """Per-example losses (unweighted), predicted classes and class probabilities (N,
-  classes), in inference mode."""
-  logits, _ = apply_model(state, state.params, _normalize(batch["image"], cfg), train=False)
+  classes), in inference mode: of the averaged weights if the run keeps them, from the
+  logits averaged over the test-time views of `cfg.tta`."""
+  params, batch_stats = evaluated_weights(state)
+  views = preprocess.test_time_views(_normalize(batch["image"], cfg), cfg.tta)
+  logits = sum(weight * apply_model(state, params, view, train=False,
+                                    batch_stats=batch_stats)[0] for weight, view in views)
   loss = losses.per_example_loss(cfg.loss, logits, batch["label"], 0.0)
   return (loss, losses.predictions(cfg.loss, logits),
           losses.probabilities(cfg.loss, logits))

@@ -1,0 +1,266 @@
+"""The speed-run recipe's building blocks (issue 16, experiments/airbench.py): each trick
+on tiny synthetic data, and the recipe's code path end to end."""
+
+import json
+import subprocess
+import sys
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from experiments import airbench as recipe
+from research import configs
+from research import errors
+from research import inference
+from research import optim
+from research import preprocess
+from research.models import airbench
+from research.models import MODELS
+from research.models import create_model
+from research.training import averaging
+from research.training import loop
+from research.training.state import TrainState
+from research.training.step import StepConfig, eval_step
+
+
+def correlated_images(n=24, size=12, seed=0) -> np.ndarray:
+  """Images whose channels and neighbouring pixels are strongly correlated."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, size + 1, size + 1, 3))
+  x = x[:, 1:, 1:] + 0.8 * x[:, :-1, :-1]        # spatial correlation
+  return x @ np.array([[1.0, 0.9, 0.5], [0, 0.5, 0.3], [0, 0, 0.4]])   # across channels
+
+
+def test_whitening_layer_whitens_the_training_patches():
+  images = correlated_images()
+  model = create_model("airbench", input_shape=images.shape[1:], num_classes=3,
+                       widths=(4, 4, 4), whitening_eps=1e-9)
+  model.init_from_data(images)
+  out = np.asarray(model.whiten(jnp.asarray(images, jnp.float32))
+                   - model.whiten_bias[...]).reshape(-1, 24)
+  positive, negative = out[:, :12], out[:, 12:]
+  np.testing.assert_allclose(positive.T @ positive / len(out), np.eye(12), atol=2e-3)
+  np.testing.assert_allclose(negative, -positive)
+  raw = airbench.patch_covariance(images)     # what it started from was far from white
+  assert np.abs(raw - np.eye(12)).max() > 0.5
+
+
+def test_whitening_filters_are_state_not_parameters():
+  model = nnx.eval_shape(lambda: airbench.Airbench(
+      input_shape=(16, 16, 1), num_classes=3, rngs=nnx.Rngs(params=0), widths=(4, 4, 4)))
+  _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  assert "whiten_kernel" in stats and "whiten_kernel" not in params
+  assert "scale" not in params["blocks"][0]["norm1"]          # frozen BatchNorm scales
+
+
+@pytest.mark.parametrize("fan_in,fan_out", [(4, 6), (6, 4), (5, 5)])
+def test_dirac_init_makes_a_conv_the_identity(fan_in, fan_out):
+  conv = nnx.jit(lambda: nnx.Conv(fan_in, fan_out, (3, 3), padding="SAME", use_bias=False,
+                                  kernel_init=airbench.dirac_init(),
+                                  rngs=nnx.Rngs(params=0)))()
+  x = jax.random.normal(jax.random.key(1), (2, 7, 7, fan_in))
+  y = conv(x)
+  n = min(fan_in, fan_out)
+  np.testing.assert_array_equal(y[..., :n], x[..., :n])
+  if fan_out > fan_in:   # the other filters keep the default initialisation
+    assert np.abs(np.asarray(conv.kernel[...][..., n:])).min() > 0
+
+
+def _fake_state(model_fn, params=None, average=None) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params or {}, batch_stats={},
+                    opt_state=None, average=average, graphdef=None, tx=None,
+                    model_fn=model_fn)
+
+
+def _eval_logits(state, images, tta="none"):
+  """The logits eval_step averaged, up to a constant (from its probabilities)."""
+  cfg = StepConfig(tta=tta)
+  batch = {"image": jnp.asarray(images, jnp.float32),
+           "label": jnp.zeros(len(images), jnp.int32)}
+  _, _, probs = eval_step(state, batch, cfg)
+  return np.log(np.asarray(probs)) - np.log(np.asarray(probs))[:, 2:3]  # class 2: unseen
+
+
+def _reveals_view(graphdef, params, batch_stats, images, train, dropout_key):
+  """Logits one-hot at the value of pixel (1, 1): which view of the image it saw."""
+  del graphdef, params, train, dropout_key
+  return jax.nn.one_hot(images[:, 1, 1, 0].astype(jnp.int32), 16), batch_stats
+
+
+# Pixel (i, j) of the 4x4 image holds 4i + j. What pixel (1, 1) holds in each view: the
+# image 5, its mirror 6; shifted by one pixel down-right (reflect padding) 0, mirrored 1;
+# shifted up-left 10, mirrored 11.
+@pytest.mark.parametrize("tta,views", [
+    ("none", {5: 1.0}), ("flip", {5: 0.5, 6: 0.5}),
+    ("flip_translate", {5: 0.25, 6: 0.25, 0: 0.125, 1: 0.125, 10: 0.125, 11: 0.125})])
+def test_test_time_augmentation_averages_exactly_its_views(tta, views):
+  image = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+  expected = np.zeros(16)
+  for pixel, weight in views.items():
+    expected[pixel] = weight
+  np.testing.assert_allclose(_eval_logits(_fake_state(_reveals_view), image, tta)[0],
+                             expected, atol=1e-6)
+
+
+def _logits_are_the_weight(graphdef, params, batch_stats, images, train, dropout_key):
+  del graphdef, train, dropout_key
+  return jnp.zeros((images.shape[0], 3)).at[:, 0].set(params["w"]), batch_stats
+
+
+def test_evaluation_uses_the_averaged_weights():
+  average = {"params": {"w": jnp.float32(0.25)}, "batch_stats": {}}
+  state = _fake_state(_logits_are_the_weight, params={"w": jnp.float32(3.0)},
+                      average=average)
+  assert _eval_logits(state, np.zeros((1, 4, 4, 1)))[0, 0] == pytest.approx(0.25)
+  plain = state.replace(average=None)
+  assert _eval_logits(plain, np.zeros((1, 4, 4, 1)))[0, 0] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("mode", ["ema", "lookahead"])
+def test_averaging_moves_the_average_every_k_steps(mode):
+  state = _fake_state(None, params={"w": jnp.float32(1.0)},
+                      average={"params": {"w": jnp.float32(0.0)}, "batch_stats": {}})
+  # decay 0.5 * (step / 8) ** 1: at step 4 of 8, d = 0.25.
+  update = lambda s, step: averaging.update(s.replace(step=jnp.int32(step)), mode, 2, 0.5,
+                                            1.0, 8)
+  skipped = update(state, 3)
+  assert float(skipped.average["params"]["w"]) == 0.0 and float(skipped.params["w"]) == 1.0
+  moved = update(state, 4)
+  assert float(moved.average["params"]["w"]) == pytest.approx(0.75)
+  assert float(moved.params["w"]) == (0.75 if mode == "lookahead" else 1.0)
+
+
+def test_alternating_flips_flip_each_image_every_other_epoch():
+  key = jax.random.key(0)
+  flips = np.stack([preprocess.alternating_flips(key, 1000, jnp.int32(e)) for e in range(4)])
+  assert 0.4 < flips[0].mean() < 0.6                      # random in epoch 0
+  assert np.all(flips[1:] != flips[:-1])                  # then alternating
+  other_seed = preprocess.alternating_flips(jax.random.key(1), 1000, jnp.int32(0))
+  assert np.any(np.asarray(other_seed) != flips[0])
+  images = jnp.arange(2 * 2 * 3, dtype=jnp.float32).reshape(2, 1, 3, 2)
+  out = preprocess.augment(key, images, ("alternating_flip",), 0,
+                           flips=jnp.array([True, False]))
+  np.testing.assert_array_equal(out, jnp.stack([images[0, :, ::-1], images[1]]))
+
+
+def test_reflect_crop_pads_with_the_mirror_image():
+  images = jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1) + 1
+  crop = jax.vmap(lambda key: preprocess.random_crop(key, images, 2, "reflect"))
+  crops = np.asarray(crop(jax.random.split(jax.random.key(0), 20)))
+  assert crops.min() > 0                            # no zeros came in from the padding
+  assert any(not np.array_equal(c, images) for c in crops)
+
+
+@pytest.mark.parametrize("key,value", [("weight_averaging", "swa"), ("tta", "rotate"),
+                                       ("crop_fill", "wrap"), ("lr_peak_fraction", 1.5),
+                                       ("bn_bias_lr_multiplier", 0.0)])
+def test_bad_recipe_values_name_the_key(key, value):
+  c = recipe.get_config("smoke")
+  c[key] = value
+  with pytest.raises(errors.ConfigError, match=key):
+    configs.validate(c)
+
+
+def tiny_recipe(data_dir, **overrides):
+  """The recipe with every trick on, at tiny widths, on the tiny image folder."""
+  c = recipe.get_config("smoke")
+  c.dataset, c.data_dir, c.data_source = "folder", str(data_dir), "local"
+  c.model_kwargs.widths = (4, 4, 4)
+  c.train_subset, c.test_subset, c.whitening_examples = 0, 0, 36
+  c.batch_size, c.eval_batch_size, c.progress = 12, 12, False
+  c.averaging_every = 4
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def _assert_trees_equal(a, b):
+  a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(a) == len(b) > 0
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_lookahead_run_serves_its_average_and_resumes_exactly(tiny_folder, tmp_path):
+  """6 steps, the average updated at step 4. The run keeps the whitening it computed
+  from its training images, serves the averaged weights, and a run stopped after step 5
+  (checkpoint at step 3) resumes to the same weights, average and metrics, bitwise."""
+  config = tiny_recipe(tiny_folder, checkpoint_every_steps=3)
+  reference, summary = loop.run_training(config, tmp_path / "reference")
+  average = reference.average
+  whitening = np.asarray(reference.batch_stats["whiten_kernel"])
+  assert np.abs(whitening).max() > 0
+  np.testing.assert_array_equal(average["batch_stats"]["whiten_kernel"], whitening)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(average["params"]),
+                                                      jax.tree.leaves(reference.params)))
+  served = inference.restore(tmp_path / "reference")
+  _assert_trees_equal(served.params, average["params"])
+  _assert_trees_equal(served.batch_stats, average["batch_stats"])
+  assert 0 <= summary["test_accuracy"] <= 1
+
+  def stop(state):
+    raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    loop.run_training(config, tmp_path / "run", loop.Hooks(at_step={5: stop}))
+  resumed, _ = loop.run_training(config, tmp_path / "run")
+  for tree in ("params", "batch_stats", "average", "opt_state"):
+    _assert_trees_equal(getattr(resumed, tree), getattr(reference, tree))
+  lines = lambda d: [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"}
+                     for line in (d / "metrics.jsonl").read_text().splitlines()]
+  assert lines(tmp_path / "run") == lines(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("name,kwargs", [("airbench", {"widths": (4, 4, 4)}), ("vgg", {}),
+                                         ("mnist_cnn", {"batch_norm": True}),
+                                         ("mlp", {"batch_norm": True})])
+def test_bn_bias_mask_selects_exactly_the_batch_norm_biases(name, kwargs):
+  """bn_bias_lr_multiplier finds BatchNorm layers by name (norm*): every model's."""
+  model = nnx.eval_shape(lambda: MODELS[name](input_shape=(28, 28, 1), num_classes=3,
+                                               rngs=nnx.Rngs(params=0), **kwargs))
+  expected = {(*path, "bias") for path, node in nnx.iter_graph(model)
+              if isinstance(node, nnx.BatchNorm)}
+  mask = optim._batch_norm_bias_mask(nnx.state(model, nnx.Param))
+  selected = {tuple(getattr(k, "key", None) for k in path)[:-1]
+              for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0] if leaf}
+  assert selected == expected and expected
+
+
+def test_triangular_schedule_bn_bias_multiplier_and_muon():
+  c = configs.base_config()
+  c.learning_rate, c.num_epochs, c.lr_schedule = 1.0, 10, "triangular"
+  c.optimizer, c.bn_bias_lr_multiplier, c.muon_learning_rate = "muon", 64.0, 0.5
+  tx, schedule = optim.create_optimizer(c, steps_per_epoch=10)
+  # 0.2 -> 1 at step 23 -> 0.07 at step 100.
+  np.testing.assert_allclose([schedule(s) for s in (0, 23, 100)], [0.2, 1.0, 0.07], rtol=1e-6)
+  # A kernel gradient whose (3*3*2, 4) matrix has singular values 10, 5, 1 and 0.1.
+  kernel_grad = jnp.zeros((18, 4)).at[jnp.arange(4), jnp.arange(4)].set(
+      jnp.array([10.0, 5.0, 1.0, 0.1])).reshape(3, 3, 2, 4)
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "norm": {"bias": jnp.ones(4)},
+            "head": {"bias": jnp.ones(4)}}
+  grads = {"conv": {"kernel": kernel_grad}, "norm": {"bias": jnp.ones(4)},
+           "head": {"bias": jnp.ones(4)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Nesterov SGD's first step on the biases: -lr * (1 + momentum) * grad, x 64 for BatchNorm's.
+  np.testing.assert_allclose(updates["head"]["bias"], -0.2 * 1.9)
+  np.testing.assert_allclose(updates["norm"]["bias"], -0.2 * 1.9 * 64, rtol=1e-6)
+  # Muon orthogonalises the kernel's gradient matrix: its singular values come close.
+  singular = np.linalg.svd(np.asarray(updates["conv"]["kernel"]).reshape(18, 4),
+                           compute_uv=False)
+  assert singular.max() / singular.min() < 3
+
+
+def test_smoke_variant_runs_from_the_command_line(tiny_folder, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.airbench", "--config=experiments/airbench.py:smoke",
+       f"--workdir={tmp_path / 'run'}", "--config.dataset=folder",
+       f"--config.data_dir={tiny_folder}", "--config.train_subset=0",
+       "--config.test_subset=0", "--config.whitening_examples=36", "--config.batch_size=12",
+       "--config.eval_batch_size=12"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["model"] == "airbench" and summary["steps"] == 6
