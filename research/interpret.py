@@ -99,7 +99,7 @@ def smoothgrad(graphdef, state, x, target, key, samples: int = 25, noise: float 
   def noisy_gradient(key):
     return _input_gradient(graphdef, state, x + noise * spread * jax.random.normal(
         key, x.shape, x.dtype), target)
-  return jnp.mean(jax.lax.map(noisy_gradient, jax.random.split(key, samples)), axis=0)
+  return jnp.mean(jax.vmap(noisy_gradient)(jax.random.split(key, samples)), axis=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -109,7 +109,7 @@ def integrated_gradients(graphdef, state, x, target, baseline, steps: int = 64):
   def gradient_at(alpha):
     return _input_gradient(graphdef, state, baseline + alpha * (x - baseline), target)
   alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps
-  return (x - baseline) * jnp.mean(jax.lax.map(gradient_at, alphas), axis=0)
+  return (x - baseline) * jnp.mean(jax.vmap(gradient_at)(alphas), axis=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
