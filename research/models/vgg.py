@@ -81,7 +81,8 @@ class VGG(nnx.Module):
     """Logits from `features`: the last block's pooling, global average pooling, head."""
     h = self._end_block(len(self.block_dropout) - 1, h, train, dropout_key)
     h = jnp.mean(h, axis=(1, 2))
-    h = layers.dropout(h, self.head_dropout, layers.layer_key(dropout_key, len(self.block_dropout)), train)
+    h = layers.dropout(h, self.head_dropout,
+                       layers.layer_key(dropout_key, len(self.block_dropout)), train)
     logits = self.head(h)
     base.check_logits(logits, h.shape[0], self.num_classes)
     return logits

@@ -339,8 +339,9 @@ def train(run: Run) -> tuple[float, dict]:
       if stopping and done < total:
         run.progress.close()
         raise errors.Interrupted(
-            f"{signals.received or 'a signal to another process'}: stopped at step {done} of {total} with a checkpoint in "
-            f"{run.checkpoints.path(done)}. Run the same command again to resume.")
+            f"{signals.received or 'a signal to another process'}: stopped at step {done} "
+            f"of {total} with a checkpoint in {run.checkpoints.path(done)}. Run the same "
+            "command again to resume.")
   run.progress.close()
   return tp.train_seconds, tp.last_train
 

@@ -120,8 +120,9 @@ def max_norm_project(params, max_norm: float):
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
   """One optimiser update on `batch = {'image': NHWC uint8 (or float32), 'label': int32 N}`
-  (and 'flip', bool N, with alternating_flip: preprocess.alternating_flips). The forward and backward passes run in `cfg.compute_dtype`; the loss, the gradients
-  and the update are in the parameters' dtype (float32)."""
+  (and 'flip', bool N, with alternating_flip: preprocess.alternating_flips). The forward
+  and backward passes run in `cfg.compute_dtype`; the loss, the gradients and the update
+  are in the parameters' dtype (float32)."""
   augment_key, dropout_key = jax.random.split(key)
   images = _normalize(batch["image"], cfg)
   if cfg.augment:
