@@ -25,7 +25,6 @@ import numpy as np
 import optax
 
 from research import errors
-from research import outputs
 from research.training import state as train_state
 
 INT8_MAX = 127
@@ -144,11 +143,7 @@ def load_teacher(config: ml_collections.ConfigDict, class_names, image_shape) ->
   # through configs and optim.
   from research import inference   # pylint: disable=import-outside-toplevel
   workdir = config.distill_from
-  writer = outputs.RunDir(outputs.workdir_path(workdir), writes=False)
-  if writer.read_summary() is None:
-    raise errors.ConfigError(f"config.distill_from={workdir!r} holds no finished run "
-                             "(summary.json): train the teacher first.")
-  model = inference.restore(workdir)
+  model = inference.restore_finished("distill_from", workdir)
   if (tuple(model.class_names) != tuple(class_names)
       or tuple(model.image_shape) != tuple(image_shape)):
     raise errors.ConfigError(

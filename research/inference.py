@@ -109,6 +109,24 @@ def restore(workdir: str | os.PathLike) -> RestoredModel:
                        batch_stats=weights["batch_stats"])
 
 
+def restore_finished(key: str, workdir: str | os.PathLike) -> RestoredModel:
+  """The finished run in `workdir`, which config.`key` names (init_from, distill_from),
+  with its weights; a ConfigError naming the key and what to do when there is none."""
+  path = outputs.workdir_path(workdir)
+  if not path.exists():
+    raise errors.ConfigError(f"config.{key}={os.fspath(workdir)!r} does not exist: "
+                             "give the --workdir of a finished run.")
+  if outputs.RunDir(path, writes=False).read_summary() is None:
+    raise errors.ConfigError(
+        f"config.{key}={os.fspath(workdir)!r} holds no finished run (no "
+        "summary.json): finish that run first (its own command again resumes it), or "
+        f"point config.{key} at a finished one.")
+  try:
+    return restore(path)
+  except errors.UserError as e:
+    raise errors.ConfigError(f"config.{key}={os.fspath(workdir)!r}: {e}") from None
+
+
 def _abstract(tree: Any, sharding) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                       tree)

@@ -28,29 +28,11 @@ from research.models import is_head
 _EXAMPLES = 5   # mismatches listed in an error
 
 
-def load_source(init_from: str | os.PathLike) -> "inference.RestoredModel":
-  """The finished run in `init_from`, with its weights; a ConfigError naming the key
-  and what to do when there is none."""
-  path = outputs.workdir_path(init_from)
-  if not path.exists():
-    raise errors.ConfigError(f"config.init_from={os.fspath(init_from)!r} does not exist: "
-                             "give the --workdir of a finished run.")
-  if outputs.RunDir(path, writes=False).read_summary() is None:
-    raise errors.ConfigError(
-        f"config.init_from={os.fspath(init_from)!r} holds no finished run (no "
-        "summary.json): finish that run first (its own command again resumes it), or "
-        "point config.init_from at a finished one.")
-  try:
-    return inference.restore(path)
-  except errors.UserError as e:
-    raise errors.ConfigError(f"config.init_from={os.fspath(init_from)!r}: {e}") from None
-
-
 def initialise(model: nnx.Module, config: ml_collections.ConfigDict,
                class_names, writer: outputs.RunDir) -> dict:
   """Copies the source run's backbone (and its head, for the same classes) into `model`
   in place; logs nothing, returns the report that `describe` prints."""
-  source = load_source(config.init_from)
+  source = inference.restore_finished("init_from", config.init_from)
   new = {**_flat(model, nnx.Param), **_flat(model, nnx.BatchStat)}
   old = {**_flat_state(source.params), **_flat_state(source.batch_stats)}
   _check_backbones(new, old, config, source, writer)

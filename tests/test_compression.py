@@ -168,6 +168,9 @@ def test_teacher_must_be_a_finished_run_on_the_same_classes(tiny_folder, tmp_pat
   teacher = tmp_path / "teacher"
   student = c.copy_and_resolve_references()
   student.distill_from = str(teacher)
+  with pytest.raises(errors.ConfigError, match="distill_from=.* does not exist"):
+    loop.train_and_evaluate(student, tmp_path / "student_a")
+  teacher.mkdir()   # a run that has not finished: no summary.json
   with pytest.raises(errors.ConfigError, match="holds no finished run"):
     loop.train_and_evaluate(student, tmp_path / "student_a")
   loop.train_and_evaluate(c, teacher)
