@@ -181,11 +181,11 @@ def test_on_a_cpu_parallel_runs_go_at_once_with_the_environment_as_it_is(tmp_pat
   assert all(line.startswith(("starting", "[")) for line in lines), lines
 
 
-# Two points x two seeds of a tiny MLP on 512 MNIST images. Each save pauses 0.4 s (a
-# hook of tests/hooked_run.py, which the sweep's runs inherit with its environment), so a
-# run takes a few seconds and can be stopped in its middle.
+# Two points x two seeds of a tiny MLP on 512 MNIST images, 4 epochs. Each save pauses
+# 0.4 s (a hook of tests/hooked_run.py, which the sweep's runs inherit with its
+# environment), so a run takes a few seconds and can be stopped in its middle.
 SWEEP = ["--config=experiments/mnist_mlp.py:smoke", "--seeds=2",
-         '--grid={"model_kwargs.widths": [[16], [32]]}', "--config.num_epochs=8",
+         '--grid={"model_kwargs.widths": [[16], [32]]}', "--config.num_epochs=4",
          "--config.eval_train=True", "--config.checkpoint_every_epochs=1"]
 
 
@@ -193,10 +193,8 @@ def _sweep_command(workdir, *extra):
   return [sys.executable, str(hooked_run.PATH), f"--workdir={workdir}", *SWEEP, *extra]
 
 
-def _env(data_dir, tmp_path):
-  return dict(os.environ, RESEARCH_DATA_DIR=str(data_dir),
-              RESEARCH_CACHE_DIR=str(tmp_path / "cache"),
-              **{hooked_run.SAVE_PAUSE: "0.4"})
+def _env(data_dir):
+  return dict(os.environ, RESEARCH_DATA_DIR=str(data_dir), **{hooked_run.SAVE_PAUSE: "0.4"})
 
 
 def _wait_for(condition, proc, timeout=240):
@@ -209,7 +207,7 @@ def _wait_for(condition, proc, timeout=240):
 
 def test_killed_sweep_finishes_when_rerun_without_recomputing(data_dir, tmp_path):
   sweep_dir = tmp_path / "sweep"
-  env = _env(data_dir, tmp_path)
+  env = _env(data_dir)
   runs = {name: sweep_dir / name for name in
           ("widths=16/seed_0", "widths=16/seed_1", "widths=32/seed_0", "widths=32/seed_1")}
 
@@ -248,7 +246,7 @@ def test_killed_sweep_finishes_when_rerun_without_recomputing(data_dir, tmp_path
   for path in runs.values():  # no step was logged twice
     steps = [r["step"] for r in map(json.loads, (path / "metrics.jsonl").open())
              if r["split"] == "train"]
-    assert steps == sorted(set(steps)) and steps[-1] == 8 * 4
+    assert steps == sorted(set(steps)) and steps[-1] == 4 * 4
 
   # 4. The results hold the runs' own numbers.
   summaries = {n: json.loads((p / "summary.json").read_text()) for n, p in runs.items()}
