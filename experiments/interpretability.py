@@ -19,7 +19,7 @@ model's predicted class (research/interpret.py):
   logit(baseline))|, relative to the logit difference.
 
 Variants:
-  smoke  the main job's smoke run (512 images, 1 epoch), 1 seed, 4 images: the whole
+  smoke  the main job's smoke run (512 images, 1 epoch), 1 seed, 2 images: the whole
          path in under a minute.
 
 Scale: the epochs and images are cut to what a 2-core CPU shared with other jobs
@@ -41,7 +41,7 @@ from research import plots
 from research import sweep as sweep_lib
 
 VARIANTS = ("default", "smoke")
-NUM_IMAGES = {"default": 16, "smoke": 4}
+NUM_IMAGES = {"default": 16, "smoke": 2}
 PUBLISHED = (
     "Adebayo et al. (2018), Sec. 3.1 and Fig. 2 (Inception v3 on ImageNet, cascading "
     "randomisation): the gradient, SmoothGrad and Grad-CAM maps change as the layers are "
@@ -76,18 +76,18 @@ def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
 
 def analyse(jobs, sweep_dir, num_images: int) -> tuple[str, list[epath.Path]]:
   """The sanity checks of every finished run: a markdown section for results.md and
-  the figures (the cascade, the maps of the first run)."""
+  the figures (the cascade, the maps of the first run on up to 8 of its images)."""
   sweep_dir = epath.Path(sweep_dir)
-  checks = []
+  checks, first_images = [], None
   for job in jobs:
     restored = inference.restore(job.workdir)
     images = interpret.sample_test_split(restored, num_images).images
     checks.append(interpret.sanity_checks(restored, images))
+    first_images = images if first_images is None else first_images
   written = [sweep_dir / "cascade.png", sweep_dir / "cascade_maps.png"]
   plot_cascade(checks, written[0])
-  first = inference.restore(jobs[0].workdir)
-  plot_cascade_maps(checks[0], interpret.sample_test_split(first, 2).images, written[1])
-  written += interpret.write_figures(str(jobs[0].workdir), 8, sweep_dir)
+  plot_cascade_maps(checks[0], first_images[:2], written[1])
+  written += interpret.write_figures(str(jobs[0].workdir), min(8, num_images), sweep_dir)
   return markdown(checks, len(jobs)), written
 
 

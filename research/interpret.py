@@ -55,6 +55,7 @@ METHODS = ("saliency", "smoothgrad", "integrated_gradients", "grad_cam")
 TITLES = {"saliency": "saliency", "smoothgrad": "SmoothGrad",
           "integrated_gradients": "Integrated Gradients", "grad_cam": "Grad-CAM"}
 BASELINES = ("black", "mean")
+IG_STEPS = 64   # Integrated Gradients' midpoints: completeness within 1% (tests/test_interpret.py)
 
 
 class NoConvLayers(errors.UserError):
@@ -76,6 +77,7 @@ def class_score(logits: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.sum(target_logits(logits, target))
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def logits(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
   """The model's float32 logits in inference mode."""
   return nnx.merge(graphdef, state)(x).astype(jnp.float32)
@@ -103,7 +105,7 @@ def smoothgrad(graphdef, state, x, target, key, samples: int = 25, noise: float 
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def integrated_gradients(graphdef, state, x, target, baseline, steps: int = 64):
+def integrated_gradients(graphdef, state, x, target, baseline, steps: int = IG_STEPS):
   """(x - baseline) times the mean input gradient at the midpoints of `steps` equal
   segments of the straight path from `baseline` to x (the midpoint rule)."""
   def gradient_at(alpha):
@@ -149,8 +151,9 @@ def explain(graphdef, state, x, target, baseline, key, methods=METHODS) -> dict:
   compute = {
       "saliency": lambda: saliency(graphdef, state, x, target),
       "smoothgrad": lambda: smoothgrad(graphdef, state, x, target, key),
+      # steps passed as completeness_errors passes them: one compiled program for both.
       "integrated_gradients": lambda: integrated_gradients(graphdef, state, x, target,
-                                                           baseline),
+                                                           baseline, IG_STEPS),
       "grad_cam": lambda: grad_cam(graphdef, state, x, target)}
   return {m: pixel_map(compute[m]()) for m in methods}
 
@@ -167,13 +170,24 @@ def randomize(model: nnx.Module, top_layers: int, key: jax.Array) -> nnx.Module:
   Adebayo et al.'s cascading randomisation; all of them is the fully random model.
   BatchNorm statistics and scales are kept."""
   model = nnx.clone(model)
-  kernel_init = nnx.initializers.lecun_normal()
-  for i, layer in enumerate(weight_layers(model)[::-1][:top_layers]):
-    kernel = layer.kernel.get_value()
-    _replace(layer.kernel, kernel_init(jax.random.fold_in(key, i), kernel.shape, kernel.dtype))
+  layers = weight_layers(model)[::-1]
+  kernels = _lecun_normal_kernels(key, tuple((layer.kernel.get_value().shape,
+                                              layer.kernel.get_value().dtype)
+                                             for layer in layers))
+  for layer, kernel in zip(layers[:top_layers], kernels):
+    _replace(layer.kernel, kernel)
     if layer.bias is not None:
-      _replace(layer.bias, jnp.zeros_like(layer.bias.get_value()))
+      _replace(layer.bias, np.zeros(layer.bias.get_value().shape, layer.bias.get_value().dtype))
   return model
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _lecun_normal_kernels(key: jax.Array, shapes: tuple) -> list[jax.Array]:
+  """A fresh kernel for each (shape, dtype), the i-th from key folded with i: one
+  program for every stage of a cascade (op by op, each new shape compiles its own)."""
+  init = nnx.initializers.lecun_normal()
+  return [init(jax.random.fold_in(key, i), shape, dtype)
+          for i, (shape, dtype) in enumerate(shapes)]
 
 
 def _replace(param: nnx.Param, value: jax.Array) -> None:
@@ -199,7 +213,8 @@ def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                    for p, q in zip(a, b)])
 
 
-def completeness_errors(graphdef, state, x, target, baseline, steps: int = 64) -> np.ndarray:
+def completeness_errors(graphdef, state, x, target, baseline,
+                        steps: int = IG_STEPS) -> np.ndarray:
   """Per example, |sum of IG attributions - (logit(x) - logit(baseline))| relative to
   |logit(x) - logit(baseline)|: 0 for exact completeness."""
   attributions = integrated_gradients(graphdef, state, x, target, baseline, steps)
