@@ -264,3 +264,30 @@ def test_smoke_variant_runs_from_the_command_line(tiny_folder, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary["model"] == "airbench" and summary["steps"] == 6
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """{"model_kwargs": {"dirac": True}} -> {"model_kwargs.dirac": True}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def test_the_ablation_turns_off_one_trick_per_point(tmp_path):
+  """experiments/airbench_ablation.py plans its sweep (every override a valid key of the
+  cpu recipe) and each point differs from the recipe in exactly the keys it names."""
+  from experiments import airbench_ablation
+  from research import sweep as sweep_lib
+  sweep = airbench_ablation.get_sweep()
+  base = recipe.get_config("cpu")
+  jobs = sweep_lib.plan(sweep, base, tmp_path, sweep.seeds, ["python"], "c.py", {})
+  assert len(jobs) == len(airbench_ablation.ABLATIONS) * 3
+  before = _flat(base.to_dict())
+  for job in jobs:
+    after = _flat(job.config.to_dict())
+    changed = {k for k, v in after.items() if k != "seed" and before[k] != v}
+    assert changed == set(job.point.overrides), job.point.label
