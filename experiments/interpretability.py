@@ -20,7 +20,7 @@ model's predicted class (research/interpret.py):
 
 Variants:
   smoke  the main job's smoke run (512 images, 1 epoch), 1 seed, 2 images: the whole
-         path in under a minute.
+         path (just over a minute on a 2-core CPU, about half of it the analysis).
 
 Scale: the epochs and images are cut to what a 2-core CPU shared with other jobs
 could do in the hour this study had; on that machine only seed 0 finished (see notes.md).
@@ -78,15 +78,14 @@ def analyse(jobs, sweep_dir, num_images: int) -> tuple[str, list[epath.Path]]:
   """The sanity checks of every finished run: a markdown section for results.md and
   the figures (the cascade, the maps of the first run on up to 8 of its images)."""
   sweep_dir = epath.Path(sweep_dir)
-  checks, first_images = [], None
+  samples, checks = [], []
   for job in jobs:
     restored = inference.restore(job.workdir)
-    images = interpret.sample_test_split(restored, num_images).images
-    checks.append(interpret.sanity_checks(restored, images))
-    first_images = images if first_images is None else first_images
+    samples.append(interpret.sample_test_split(restored, num_images).images)
+    checks.append(interpret.sanity_checks(restored, samples[-1]))
   written = [sweep_dir / "cascade.png", sweep_dir / "cascade_maps.png"]
   plot_cascade(checks, written[0])
-  plot_cascade_maps(checks[0], first_images[:2], written[1])
+  plot_cascade_maps(checks[0], samples[0][:2], written[1])
   written += interpret.write_figures(str(jobs[0].workdir), min(8, num_images), sweep_dir)
   return markdown(checks, len(jobs)), written
 
