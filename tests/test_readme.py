@@ -25,7 +25,8 @@ from conftest import REPO
 
 DOCS = ("README.md", "docs/studies/README.md", "docs/performance.md",
         "docs/several_hosts.md", "docs/data.md", "docs/own_data.md",
-        "docs/binary_tasks.md", "docs/deploy.md")
+        "docs/binary_tasks.md", "docs/deploy.md", "docs/airbench.md", "docs/transfer.md",
+        "docs/interpret.md", "docs/compression.md")
 
 
 def commands(text: str) -> list[list[str]]:
