@@ -1,8 +1,8 @@
 """Making a trained network small: magnitude pruning, int8 post-training quantisation and
 a teacher for knowledge distillation (docs/compression.md).
 
-- Pruning (Han et al. 2015): one global threshold over every conv and dense kernel (the
-  parameters with ndim > 1, as for weight decay); biases and BatchNorm are never pruned.
+- Pruning (Han et al. 2015): one global threshold over every conv and dense kernel
+  (`research.models.is_kernel`, as for weight decay); biases and BatchNorm are never pruned.
   `hold_pruned()`, the optimiser's last transform, zeroes the updates of pruned weights,
   after weight decay and momentum, so that nothing moves them; its mask lives in the
   optimiser state and is checkpointed with it.
@@ -25,14 +25,10 @@ import numpy as np
 import optax
 
 from research import errors
+from research.models import is_kernel
 from research.training import state as train_state
 
 INT8_MAX = 127
-
-
-def is_kernel(param: jax.Array) -> bool:
-  """Conv and dense kernels; biases and BatchNorm scales and offsets have ndim 1."""
-  return param.ndim > 1
 
 
 def magnitude_mask(params: Any, sparsity: float) -> Any:

@@ -171,13 +171,12 @@ def randomize(model: nnx.Module, top_layers: int, key: jax.Array) -> nnx.Module:
   BatchNorm statistics and scales are kept."""
   model = nnx.clone(model)
   layers = weight_layers(model)[::-1]
-  kernels = _lecun_normal_kernels(key, tuple((layer.kernel.get_value().shape,
-                                              layer.kernel.get_value().dtype)
-                                             for layer in layers))
-  for layer, kernel in zip(layers[:top_layers], kernels):
+  shapes = tuple((k.shape, k.dtype) for k in (layer.kernel.get_value() for layer in layers))
+  for layer, kernel in zip(layers[:top_layers], _lecun_normal_kernels(key, shapes)):
     _replace(layer.kernel, kernel)
     if layer.bias is not None:
-      _replace(layer.bias, np.zeros(layer.bias.get_value().shape, layer.bias.get_value().dtype))
+      bias = layer.bias.get_value()
+      _replace(layer.bias, np.zeros(bias.shape, bias.dtype))
   return model
 
 

@@ -6,7 +6,7 @@ import optax
 
 from research import compression
 from research import errors
-from research.models import is_head
+from research.models import is_head, is_kernel, path_names
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adadelta", "muon")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "onecycle",
@@ -32,21 +32,24 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
   if name == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, max(1, warmup), total)
   if name == "onecycle":  # linear up to the peak, then linearly down to zero
-    peak = max(1, warmup or total // 5)
-    return optax.join_schedules(
-        [optax.linear_schedule(lr * 0.1, lr, peak),
-         optax.linear_schedule(lr, 0.0, max(1, total - peak))], [peak])
-  if name == "triangular":  # airbench's: start -> peak -> end, linear in each part
-    peak = max(1, int(config.lr_peak_fraction * total))
-    return optax.join_schedules(
-        [optax.linear_schedule(lr * config.lr_start_factor, lr, peak),
-         optax.linear_schedule(lr, lr * config.lr_end_factor, max(1, total - peak))], [peak])
+    return _up_then_down(lr * 0.1, lr, 0.0, max(1, warmup or total // 5), total)
+  if name == "triangular":  # airbench's: start -> peak -> end
+    return _up_then_down(lr * config.lr_start_factor, lr, lr * config.lr_end_factor,
+                         max(1, int(config.lr_peak_fraction * total)), total)
   raise errors.ConfigError(f"config.lr_schedule={name!r} is unknown; choose one of {SCHEDULES}.")
+
+
+def _up_then_down(start: float, lr: float, end: float, peak: int, total: int):
+  """Linear from `start` to `lr` over the first `peak` steps, then linear to `end` at
+  step `total`."""
+  return optax.join_schedules(
+      [optax.linear_schedule(start, lr, peak),
+       optax.linear_schedule(lr, end, max(1, total - peak))], [peak])
 
 
 def _decay_mask(params):
   """Weight decay applies to kernels, not to biases or BatchNorm scales."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  return jax.tree.map(is_kernel, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -90,7 +93,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 def _batch_norm_bias_mask(params):
   """The biases of BatchNorm layers, which the models name norm*, norms[i]."""
   def is_bias(path, _):
-    names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+    names = path_names(path)
     return "bias" in names and any(n.startswith("norm") for n in names)
   return jax.tree_util.tree_map_with_path(is_bias, params)
 

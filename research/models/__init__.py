@@ -32,11 +32,21 @@ MODELS = {
 HEAD = "head"
 
 
+def is_kernel(param) -> bool:
+  """Conv and dense kernels, the parameters with ndim > 1, which weight decay, the l1/l2
+  penalties and pruning act on; biases and BatchNorm scales and offsets have ndim 1."""
+  return param.ndim > 1
+
+
+def path_names(path) -> list[str]:
+  """The names along a parameter's path in the model's state (e.g. ('head', 'kernel')),
+  or along a jax key path."""
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
 def is_head(path) -> bool:
-  """Whether a parameter's path in the model's state (e.g. ('head', 'kernel'), or a
-  jax key path) lies in the head."""
-  first = path[0]
-  return getattr(first, "key", getattr(first, "name", first)) == HEAD
+  """Whether a parameter's path lies in the head."""
+  return path_names(path[:1]) == [HEAD]
 
 
 def accepts(name: str, arg: str) -> bool:

@@ -15,6 +15,7 @@ import ml_collections
 from research import errors
 from research import losses
 from research import preprocess
+from research.models import is_kernel
 from research.training import averaging
 from research.training.state import TrainState, apply_model, evaluated_weights
 
@@ -92,7 +93,7 @@ STEP_METRICS = ("loss", "accuracy")
 
 def _kernels(params) -> list[jax.Array]:
   """Weight matrices and conv kernels; biases and BatchNorm scales are not penalised."""
-  return [p for p in jax.tree.leaves(params) if p.ndim > 1]
+  return [p for p in jax.tree.leaves(params) if is_kernel(p)]
 
 
 def penalty(params, l1: float, l2: float) -> jax.Array:
