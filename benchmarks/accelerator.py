@@ -11,22 +11,22 @@ Parts, in this order (benchmarks/accelerator_parts.py):
                   `research.training.loop.train_and_evaluate` into a temporary workdir:
                   test accuracy, wall time (compilation from an empty cache included, the
                   data read from the decode cache), train time, examples/s
-  bfloat16        the main job's train step (benchmarks/workloads.py, batch 128) with
+  bfloat16        the VGG's train step (benchmarks/workloads.py, batch 128) with
                   config.compute_dtype float32 against bfloat16; skipped with a note where
                   the config has no such key
   steps_per_call  the same step with 1 against 16 steps per jitted call
   batch_sweep     the same step at batch 32, 128, 512, 2048 and 8192, with FLOPs per image
                   and the share of the float32 matmul peak
-  full_variant    cifar_cnn's `full` variant, as main_job
+  full_variant    cifar_cnn's `full` variant (the paper's widths), as main_job
 The step parts time interleaved repeats of about 0.5 s (benchmarks/common.py) and report
 medians, so each ratio comes from candidates measured side by side.
 
 Once --budget_s has passed, no part starts, and a training run stops after its next
 epoch's evaluation, keeping what it measured (status 'stopped'). A part that fails is
 recorded with its error and the others still run; the exit code is then 1. The JSON
-file is rewritten after every part. --smoke shrinks everything (512 images and one
-epoch, the MLP's step, two tiny batch sizes, 256-sided matmuls) and keeps JAX's
-compilation cache, to check the script on a CPU.
+file is rewritten after every part. --smoke shrinks everything (the smoke variant's
+images and batch, one epoch; the MLP's step, two tiny batch sizes, 256-sided matmuls) and
+keeps JAX's compilation cache, to check the script on a CPU.
 
 Missing packages are named at the start, before any work; docs/performance.md ("On an
 accelerator") says which to carry to a lent machine and how to run it there.

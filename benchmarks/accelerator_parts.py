@@ -35,8 +35,8 @@ class Settings:
   """The sizes of every part: the accelerator's, or --smoke's for a CPU."""
   smoke: bool = False
   data_dir: str = ""
-  step_model: str = "vgg"          # benchmarks/workloads.py: the main job's model
-  step_batch: int = 128            # the main job's batch size
+  step_model: str = "vgg"          # benchmarks/workloads.py: cifar_cnn.py:vgg
+  step_batch: int = 128            # the VGG's batch size
   batch_sizes: tuple[int, ...] = (32, 128, 512, 2048, 8192)
   fused_steps: int = 16            # the default config.steps_per_call
   repeats: int = 5
@@ -72,14 +72,16 @@ def matmul_peak(settings: Settings, deadline: float) -> dict:
 # --- Whole runs.
 
 def run_config(variant: str, settings: Settings):
-  """cifar_cnn's config of `variant`, shrunk to the smoke variant's data and epochs
-  with --smoke, reading from settings.data_dir when it is set."""
+  """cifar_cnn's config of `variant`, shrunk to the smoke variant's data and (at most)
+  batch and to one epoch with --smoke, reading from settings.data_dir when it is set."""
   config = cifar_cnn.get_config(variant)
   if settings.smoke:
     smoke = cifar_cnn.get_config("smoke")
-    for key in ("train_subset", "test_subset", "num_epochs", "log_every_steps",
-                "warmup_epochs"):
+    for key in ("train_subset", "test_subset", "log_every_steps", "warmup_epochs"):
       config[key] = smoke[key]
+    config.num_epochs = 1
+    for key in ("batch_size", "eval_batch_size", "whitening_examples"):   # at most
+      config[key] = min(config[key], smoke[key])
   config.progress = False
   if settings.data_dir:
     config.data_dir = settings.data_dir

@@ -28,7 +28,7 @@ WORKLOADS = {
     "s1": Workload("S1 MLP", (28, 28, 1), mnist_mlp.get_config),
     "s2": Workload("S2 MNIST CNN", (28, 28, 1), mnist_cnn.get_config),
     "s4": Workload("S4 LeNet-5", (32, 32, 3), lambda: cifar_cnn.get_config("lenet")),
-    "vgg": Workload("VGG 16-32-64 BN", (32, 32, 3), cifar_cnn.get_config),
+    "vgg": Workload("VGG 16-32-64 BN", (32, 32, 3), lambda: cifar_cnn.get_config("vgg")),
 }
 NUM_CLASSES = 10
 

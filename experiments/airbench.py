@@ -37,7 +37,7 @@ Variants:
   muon     the same with optimizer='muon': optax.contrib.muon on the conv kernels at
            muon_learning_rate 0.05 (not tuned here), Nesterov SGD on the rest.
   cpu      sized for a 2-core CPU by measurement (docs/airbench.md): widths 48-96-96,
-           8 epochs, the rest of the recipe unchanged.
+           the rest of the recipe unchanged. experiments/cifar_cnn.py's default.
   smoke    the whole code path at tiny widths on 512 images for two epochs (tests, CI).
 
 Measured accuracy and time, with the machine, for the cpu variant and narrower or shorter
@@ -78,7 +78,7 @@ def get_config(variant: str | None = None):
   if variant in (None, "", "default", "full"):
     return c
   if variant == "cpu":
-    c.model_kwargs.widths, c.num_epochs = (48, 96, 96), 8
+    c.model_kwargs.widths = (48, 96, 96)
     return c
   if variant == "muon":
     c.optimizer, c.muon_learning_rate = "muon", 0.05

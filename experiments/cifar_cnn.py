@@ -1,15 +1,22 @@
-"""The main job: a VGG-style CNN with BatchNorm on CIFAR-10, sized for a laptop CPU.
+"""The main job: the CIFAR-10 speed-run recipe sized for a 2-core CPU, and the VGG.
 
     python -m experiments.cifar_cnn [--workdir DIR] [--config.KEY=VALUE ...]
     python -m experiments.cifar_cnn --config=experiments/cifar_cnn.py:VARIANT
 
-Default: VGG blocks of widths 16-32-64, two 3x3 conv + BatchNorm + ReLU per block, max
-pooling, global average pooling; inputs normalised with the training split's per-channel
-mean and std (normalize=auto); random 2-pixel translation and horizontal flips on the
-device; SGD with Nesterov momentum, a one-cycle learning rate, weight decay 5e-4 and label
-smoothing 0.1; batch 128 for 10 epochs on the 50,000 training images.
+Default: experiments/airbench.py's `cpu` variant: airbench94 (Jordan 2024) at widths
+48-96-96 for 10 epochs at batch 1024, every trick of the paper on (frozen patch
+whitening, Dirac init, frozen BatchNorm scales, Nesterov SGD with a triangular schedule,
+label smoothing 0.2, alternating flips and reflect translation, Lookahead, test-time
+augmentation). The best accuracy per minute measured on a 2-core CPU (docs/airbench.md).
 
 Variants:
+  vgg      the main job before the speed-run recipe: VGG blocks of widths 16-32-64, two
+           3x3 conv + BatchNorm + ReLU per block, max pooling, global average pooling;
+           inputs normalised with the training split's per-channel mean and std; random
+           2-pixel translation and horizontal flips; SGD with Nesterov momentum, a
+           one-cycle learning rate, weight decay 5e-4 and label smoothing 0.1; batch 128
+           for 10 epochs. The transfer, interpretability and compression studies, and the
+           seed recipes below, build on it.
   lenet    seed S4: LeNet-5, inputs normalised with mean 0.5 and std 0.5, SGD lr 0.001,
            momentum 0.9, batch 32, 2 epochs.
   seed_s5  seed S5: the 32x32 CNN, pixels / 255, Adam, batch 32, 10 epochs. Point
@@ -29,22 +36,26 @@ Variants:
            for 3,200 inputs fails at the first batch of 256x256 images; one sized for
            them would hold 476,288 x 1,024 = 488M weights (1.95 GB in float32) against
            the 3.3M of the fc1 that 32x32 images need (3.5M parameters in all).
-  full     the default model at twice the width for 40 epochs: for a GPU or TPU.
-  smoke    the default code path on 512 images for one epoch (tests and CI).
+  full     the paper's recipe at its full widths 64-256-256 (airbench.py's default): for a
+           GPU or TPU.
+  vgg_full the VGG at twice the width for 40 epochs.
+  smoke    the default code path at tiny widths on 512 images (tests and CI).
+  vgg_smoke  the VGG's code path on 512 images for one epoch.
 
-Measured accuracy and time, with the machine: the README's Results table for the default,
-docs/binary_tasks.md for the binary variants, docs/performance.md for the other variants
-and for ghost BatchNorm (`--config.micro_batch_size=16
---config.ghost_batch_norm=True`, faster on a CPU but a different model, so not the
-default).
+Measured accuracy and time, with the machine: the README's Results table and
+docs/airbench.md for the default, docs/binary_tasks.md for the binary variants,
+docs/performance.md for the VGG, the other variants and ghost BatchNorm
+(`--config=experiments/cifar_cnn.py:vgg --config.micro_batch_size=16
+--config.ghost_batch_norm=True`, faster on a CPU but a different model).
 """
 
 import ml_collections
 
+from experiments import airbench
 from research import configs
 
 
-def _default():
+def _vgg():
   c = configs.base_config()
   c.dataset = "cifar10"
   c.model = "vgg"
@@ -78,14 +89,18 @@ def _cat_against_dog(c, **settings):
 
 
 def get_config(variant: str | None = None):
-  c = _default()
   if variant in (None, "", "default"):
+    return airbench.get_config("cpu")
+  if variant in ("full", "smoke"):
+    return airbench.get_config(variant)
+  c = _vgg()
+  if variant == "vgg":
     return c
-  if variant == "smoke":
+  if variant == "vgg_smoke":
     c.train_subset, c.test_subset, c.num_epochs, c.log_every_steps = 512, 256, 1, 1
     c.warmup_epochs = 0.3
     return c
-  if variant == "full":
+  if variant == "vgg_full":
     c.model_kwargs.width_multiplier, c.num_epochs, c.warmup_epochs = 2.0, 40, 5.0
     return c
   half = (0.5, 0.5, 0.5)
@@ -105,8 +120,9 @@ def get_config(variant: str | None = None):
     return _cat_against_dog(get_config("seed_s5"), loss="binary_cross_entropy")
   if variant == "seed_s6_binary":
     return _cat_against_dog(get_config("seed_s6"))
-  raise ValueError(f"Unknown variant {variant!r} of cifar_cnn; choose lenet, seed_s5, "
-                   "seed_s6, seed_s5_binary, seed_s6_binary, full or smoke.")
+  raise ValueError(f"Unknown variant {variant!r} of cifar_cnn; choose full, smoke, vgg, "
+                   "vgg_full, vgg_smoke, lenet, seed_s5, seed_s6, seed_s5_binary or "
+                   "seed_s6_binary.")
 
 
 if __name__ == "__main__":

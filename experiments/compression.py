@@ -1,9 +1,9 @@
-"""Making the main job's CNN small: magnitude pruning, int8 quantisation, distillation.
+"""Making the VGG CNN small: magnitude pruning, int8 quantisation, distillation.
 
     python -m experiments.compression [--workdir DIR] [--seeds N]
     python -m experiments.compression --config=experiments/compression.py:smoke
 
-The teacher is the main job's CNN and recipe, experiments/cifar_cnn.py's default (VGG
+The teacher is the VGG and its recipe, experiments/cifar_cnn.py:vgg (VGG
 16-32-64 with BatchNorm, 72,954 parameters, on the 50,000 CIFAR-10 training images), for
 5 epochs instead of 10 (TEACHER), trained once; every other point starts from its
 workdir, {sweep_dir}/teacher/seed_0, and runs once the teacher has finished:
@@ -28,7 +28,7 @@ student alone against distilled) are within the same budget.
 
 Variants:
   smoke  the same points at sparsity 90% only, 1 seed, without the student alone (the
-         teacher's code path), on cifar_cnn's smoke config with a VGG of widths 8-16,
+         teacher's code path), on cifar_cnn's vgg_smoke config with a VGG of widths 8-16,
          one conv per block (256 train and 256 test images, 1 epoch): 5 runs, 187 s
          on the loaded machine of notes.md (not timed idle).
 
@@ -74,7 +74,7 @@ def get_config(variant: str | None = None):
   if variant not in VARIANTS:
     raise ValueError(f"Unknown variant {variant!r} of compression; choose one of "
                      f"{', '.join(VARIANTS)}.")
-  c = cifar_cnn.get_config("smoke" if variant == "smoke" else None)
+  c = cifar_cnn.get_config("vgg_smoke" if variant == "smoke" else "vgg")
   if variant == "smoke":   # a smaller CNN, which compiles faster
     c.model_kwargs.widths, c.model_kwargs.convs_per_block = (8, 16), 1
     c.train_subset, c.checkpoint_every_epochs = 256, 0
@@ -114,7 +114,7 @@ def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
   return sweep_lib.Sweep(_points(TEACHER, SPARSITIES, FINE_TUNED_SPARSITIES, FINE_TUNE,
                                  student),
                          seeds=3, analysis=report,
-                         title="Compressing the main job's CIFAR-10 CNN")
+                         title="Compressing the VGG CIFAR-10 CNN")
 
 
 def _row(label: str, summaries: list[dict]) -> dict:
@@ -170,7 +170,7 @@ def plot_sparsity(rows: list[dict], path: epath.Path) -> None:
     if r["point"] == "teacher":
       ax.axhline(100 * r["mean"], color="tab:gray", linestyle="--", label="teacher")
   ax.set(xlabel="kernel weights pruned (%)", ylabel="test accuracy (%)",
-         title="Global magnitude pruning of the main job's CNN")
+         title="Global magnitude pruning of the VGG CNN")
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
@@ -193,7 +193,7 @@ def report(jobs, sweep_dir) -> tuple[str, list[epath.Path]]:
   if any(r["point"].startswith("oneshot_") for r in rows):
     written.append(sweep_dir / "sparsity.png")
     plot_sparsity(rows, written[-1])
-  return table(rows, "Compressing the main job's CIFAR-10 CNN"), written
+  return table(rows, "Compressing the VGG CIFAR-10 CNN"), written
 
 
 if __name__ == "__main__":

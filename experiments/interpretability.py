@@ -1,10 +1,10 @@
-"""Do the main job's attribution maps depend on what the network learned? The sanity
+"""Do the VGG's attribution maps depend on what the network learned? The sanity
 checks of Adebayo et al. (2018) on the CIFAR-10 CNN.
 
     python -m experiments.interpretability [--workdir DIR] [--seeds N]
     python -m experiments.interpretability --config=experiments/interpretability.py:smoke
 
-The main job's CNN and recipe (experiments/cifar_cnn.py: VGG 16-32-64 with BatchNorm,
+The VGG and its recipe (experiments/cifar_cnn.py:vgg, 16-32-64 with BatchNorm,
 crop and flip, SGD Nesterov with a one-cycle schedule, weight decay, label smoothing),
 trained for 3 epochs instead of 10 (warm-up 0.6 epochs instead of 2), 3 seeds. After
 the runs, on 16 test images per run (a sample seeded by split_seed), for the trained
@@ -19,7 +19,7 @@ model's predicted class (research/interpret.py):
   logit(baseline))|, relative to the logit difference.
 
 Variants:
-  smoke  the main job's smoke run (512 images, 1 epoch), 1 seed, 2 images: the whole
+  smoke  cifar_cnn's vgg_smoke run (512 images, 1 epoch), 1 seed, 2 images: the whole
          path (just over a minute on a 2-core CPU, about half of it the analysis).
 
 Scale: the epochs and images are cut to what a 2-core CPU shared with other jobs
@@ -54,9 +54,9 @@ PUBLISHED = (
 def get_config(variant: str | None = None):
   variant = variant or "default"
   if variant == "smoke":
-    c = cifar_cnn.get_config("smoke")
+    c = cifar_cnn.get_config("vgg_smoke")
   elif variant == "default":
-    c = cifar_cnn.get_config()
+    c = cifar_cnn.get_config("vgg")
     c.num_epochs, c.warmup_epochs = 3, 0.6
   else:
     raise ValueError(f"Unknown variant {variant!r} of interpretability; choose one of "
@@ -70,7 +70,7 @@ def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
   get_config(variant)  # rejects an unknown variant
   return sweep_lib.Sweep(
       [sweep_lib.Point({}, "main_job")], seeds=1 if variant == "smoke" else 3,
-      title="Sanity checks of the main job's attribution maps (CIFAR-10 CNN)",
+      title="Sanity checks of the VGG's attribution maps (CIFAR-10 CNN)",
       analysis=functools.partial(analyse, num_images=NUM_IMAGES[variant]))
 
 

@@ -4,7 +4,7 @@ other five from N images per class, from scratch, fine-tuned, or with a linear p
     python -m experiments.transfer --workdir runs/transfer [--parallel 2]
     python -m experiments.transfer --config=experiments/transfer.py:smoke --workdir DIR
 
-The main job's CNN (experiments/cifar_cnn.py: VGG 16-32-64 with BatchNorm, crop and flip,
+The VGG of experiments/cifar_cnn.py:vgg (16-32-64 with BatchNorm, crop and flip,
 SGD with Nesterov momentum, a one-cycle learning rate peaking at 0.2, weight decay 5e-4,
 label smoothing 0.1) is
 
@@ -80,7 +80,7 @@ PUBLISHED = ("none directly comparable. The nearest is Yosinski et al. 2014, \"H
 
 def get_config(variant: str | None = None):
   variant = variant or "default"
-  c = cifar_cnn.get_config()
+  c = cifar_cnn.get_config("vgg")
   c.classes = TARGET_CLASSES
   c.normalize, c.normalize_mean, c.normalize_std = "explicit", MEAN, STD
   c.warmup_epochs = 0.0           # one-cycle: the peak at a fifth of the run, any length

@@ -129,7 +129,8 @@ def grad_cam(graphdef, state, x, target):
 
 def _check_conv(model: nnx.Module, what: str) -> None:
   if not hasattr(model, "features") or not getattr(model, "convs", None):
-    raise NoConvLayers(f"{what} needs conv layers, and {type(model).__name__} has none; "
+    raise NoConvLayers(f"{what} needs a model that exposes its conv layers (`convs`, "
+                       f"`features`, `classify`), which {type(model).__name__} does not; "
                        "saliency, SmoothGrad and Integrated Gradients work on any model.")
 
 

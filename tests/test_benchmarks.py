@@ -66,7 +66,7 @@ CASES = {
     "s2": ("mnist_cnn", (28, 28, 1), {}, mnist_cnn.get_config),
     "s4": ("lenet5", (32, 32, 3), {}, lambda: cifar_cnn.get_config("lenet")),
     "vgg": ("vgg", (32, 32, 3), {"widths": (16, 32, 64), "convs_per_block": 2},
-            cifar_cnn.get_config),
+            lambda: cifar_cnn.get_config("vgg")),
 }
 
 
@@ -193,7 +193,8 @@ def test_accelerator_smoke(tmp_path, data_dir):
   for name in ("main_job", "full_variant"):
     run = parts[name]
     assert run["status"] == "ok", run
-    assert run["train_images"] == 512 and run["epochs"] == 1 == run["epochs_done"]
+    assert run["train_images"] == cifar_cnn.get_config("smoke").train_subset
+    assert run["epochs"] == 1 == run["epochs_done"]
     assert 0 < run["test_accuracy"] == run["last_test_accuracy"] <= 1
     assert run["wall_time_s"] > run["train_time_s"] > 0 and run["examples_per_s"] > 0
   _check_rates(parts["steps_per_call"], ["1", "16"], "fused_over_one")

@@ -34,7 +34,7 @@ SHRINK = {"train_subset": 256, "test_subset": 256, "num_epochs": 1, "progress": 
 # The cases that cannot run, and the key their message must name: the seed CNNs' valid
 # convolutions need more than MNIST-1D's (40, 1) sequences, and the VGG's pooling needs
 # more than its width of 1.
-REFUSED = {("cifar_cnn", "mnist1d"): "config.model='vgg'",
+REFUSED = {("cifar_cnn", "mnist1d"): "config.model='airbench'",
            ("mnist_cnn", "mnist1d"): "config.model='mnist_cnn'",
            ("regularization", "mnist1d"): "config.model='cnn32'"}
 

@@ -145,7 +145,8 @@ def test_a_model_without_conv_layers_gets_the_gradient_methods_only():
   maps = interpret.explain(graphdef, state, x, target, jnp.zeros_like(x), jax.random.key(0),
                            ("saliency", "integrated_gradients"))
   assert all(m.shape == (2, 8, 8) and np.any(m > 0) for m in maps.values())
-  with pytest.raises(interpret.NoConvLayers, match="Grad-CAM needs conv layers.*MLP"):
+  with pytest.raises(interpret.NoConvLayers,
+                     match="Grad-CAM needs a model that exposes its conv layers.*MLP does not"):
     interpret.grad_cam(graphdef, state, x, target)
   with pytest.raises(interpret.NoConvLayers, match="filter grid"):
     interpret.first_layer_filters(model)
