@@ -3,8 +3,8 @@
     python -m experiments.airbench_ablation --workdir DIR [--seeds N] [--parallel N]
     python -m experiments.airbench_ablation --config=experiments/airbench_ablation.py:smoke --workdir DIR
 
-The recipe is experiments/airbench.py's `cpu` variant (the size this project's 2-core CPU
-trains in minutes); each point below overrides the config keys of one trick
+The recipe is experiments/airbench.py's `cpu` variant, the main job (about 20 minutes on
+this project's 2-core CPU); each point below overrides the config keys of one trick
 (docs/airbench.md lists them), 3 seeds each. results.md gives test accuracy, mean ± std,
 one row per point; the row `recipe` has every trick on. The paper's own per-trick
 figures were not in the sources this project could read; they belong beside these rows
