@@ -57,6 +57,25 @@ def test_whitening_filters_are_state_not_parameters():
   assert "scale" not in params["blocks"][0]["norm1"]          # frozen BatchNorm scales
 
 
+def test_interpret_reads_the_trained_convs_and_the_last_blocks_features():
+  """Grad-CAM, the filter grid and the randomisation of research/interpret.py see the
+  block convs; features then classify is the model's own forward pass."""
+  from research import interpret
+  images = correlated_images(n=4, size=32)
+  model = create_model("airbench", input_shape=images.shape[1:], num_classes=3,
+                       widths=(4, 6, 8))
+  model.init_from_data(images)
+  x = jnp.asarray(images, jnp.float32)
+  assert [c.kernel.shape[-1] for c in model.convs] == [4, 4, 6, 6, 8, 8]
+  assert model.features(x).shape == (4, 3, 3, 8)  # 32 -> 31 (2x2 valid) -> 15 -> 7 -> 3
+  np.testing.assert_array_equal(model.classify(model.features(x)), model(x))
+  graphdef, state = nnx.split(model)
+  cam = interpret.grad_cam(graphdef, state, x, jnp.array([0, 1, 2, 0]))
+  assert cam.shape == (4, 32, 32) and bool(jnp.all(jnp.isfinite(cam)))
+  assert interpret.first_layer_filters(model).shape == (3, 3, 24, 4)
+  assert interpret.layer_names(model)[-1] == "head" and len(interpret.layer_names(model)) == 7
+
+
 @pytest.mark.parametrize("fan_in,fan_out", [(4, 6), (6, 4), (5, 5)])
 def test_dirac_init_makes_a_conv_the_identity(fan_in, fan_out):
   conv = nnx.jit(lambda: nnx.Conv(fan_in, fan_out, (3, 3), padding="SAME", use_bias=False,

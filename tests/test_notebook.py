@@ -73,7 +73,7 @@ def test_colab_notebook_runs_the_main_job_and_a_sweep_off_colab(data_dir, tmp_pa
   assert (tmp_path / "regularization" / "results.md").exists()
 
 
-def test_interpret_notebook_draws_the_maps_of_the_vgg(data_dir, monkeypatch):
+def test_interpret_notebook_draws_the_maps_of_the_main_job(data_dir, monkeypatch):
   monkeypatch.setenv("RESEARCH_DATA_DIR", str(data_dir))
   monkeypatch.delenv("RUN_DIR", raising=False)
   notebook = _execute("interpret.ipynb")

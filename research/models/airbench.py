@@ -131,13 +131,28 @@ class Airbench(nnx.Module):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + self.whiten_bias[...].astype(dtype)
 
+  @property
+  def convs(self) -> list[nnx.Conv]:
+    """The trained conv layers, input first (the frozen whitening is not one of them):
+    the layers that research/interpret.py draws, weighs and re-initialises."""
+    return [conv for block in self.blocks for conv in (block.conv1, block.conv2)]
+
+  def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """The last block's activations (N, h, w, C), before the global max pool: what
+    Grad-CAM weighs (research/interpret.py); `classify` turns them into logits."""
+    h = jax.nn.gelu(self.whiten(x))
+    for block in self.blocks:
+      h = block(h, train)
+    return h
+
+  def classify(self, h: jax.Array, *, train: bool = False) -> jax.Array:
+    del train   # nothing after the blocks depends on it
+    return self.head(jnp.max(h, axis=(1, 2))) * self.logit_scale
+
   def __call__(self, x: jax.Array, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> jax.Array:
     del dropout_key   # no dropout
     base.check_input(x, self.input_shape)
-    h = jax.nn.gelu(self.whiten(x))
-    for block in self.blocks:
-      h = block(h, train)
-    logits = self.head(jnp.max(h, axis=(1, 2))) * self.logit_scale
+    logits = self.classify(self.features(x, train=train))
     base.check_logits(logits, x.shape[0], self.num_classes)
     return logits
