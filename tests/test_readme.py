@@ -1,11 +1,11 @@
 """The README's commands, taken from its text, so that the manual and the code cannot drift.
 
-The quick start's smoke run, the evaluation of its workdir and the grid sweep run as the
-README gives them, with only the workdir (and the sweep's size) changed. The set-up and
-test commands are CI's (.ci/run); the main job takes minutes, so its smoke variant stands
-in for it; the studies' smoke sweeps run in tests/test_studies.py. Every other command in
-the README and docs is checked without running it: its module, variant and config keys
-exist. Links must lead to files and headings that exist."""
+The quick start's smoke run, the evaluation of its workdir, the grid sweep and the own
+photos walkthrough (docs/own_data.md) run as the manual gives them, with only the workdir
+(and the sizes) changed. The set-up and test commands are CI's (.ci/run); the main job
+takes a quarter of an hour or more, so its smoke variant stands in for it; the studies'
+smoke sweeps run in tests/test_studies.py. Every other command in the README and docs is
+checked without running it: its module, variant and config keys exist. Links must lead to files and headings that exist."""
 
 import importlib
 import importlib.util
@@ -48,12 +48,12 @@ def commands(text: str) -> list[list[str]]:
   return found
 
 
-def readme_command(*must_have: str, must_not: str = "") -> list[str]:
-  """The one README command that contains all of `must_have` (and not `must_not`)."""
-  matches = [argv for argv in commands((REPO / "README.md").read_text())
+def readme_command(*must_have: str, must_not: str = "", doc: str = "README.md") -> list[str]:
+  """The one command of `doc` that contains all of `must_have` (and not `must_not`)."""
+  matches = [argv for argv in commands((REPO / doc).read_text())
              if all(any(word in arg for arg in argv) for word in must_have)
              and not any(must_not and must_not in arg for arg in argv)]
-  assert len(matches) == 1, f"README commands with {must_have}: {matches}"
+  assert len(matches) == 1, f"{doc} commands with {must_have}: {matches}"
   return matches[0]
 
 
@@ -145,14 +145,14 @@ SMALL = ["--config.model_kwargs.width_multiplier=0.25", "--config.num_epochs=3",
 
 
 def test_own_photos_walkthrough_train_choose_predict_export(tmp_path):
-  """'From a folder of photos to an exported model', command by command, on photos of
-  mixed sizes and modes whose class is known."""
+  """docs/own_data.md's 'From a folder of photos to an exported model', command by
+  command, on photos of mixed sizes and modes whose class is known."""
   photos, new = tmp_path / "photos", tmp_path / "new_photos"
   _photo_tree(photos, {"train": 40, "test": 10}, seed=0)
   _photo_tree(new, {"": 4}, seed=1)        # cat000.jpg ... dog003.png, loose in one folder
 
   def step(*must_have):
-    argv = readme_command(*must_have)
+    argv = readme_command(*must_have, doc="docs/own_data.md")
     for flag, value in (("--workdir", str(tmp_path / "runs" / argv[argv.index("--workdir") + 1]
                                           .split("/")[-1]) if "--workdir" in argv else None),
                         ("--config.data_dir", str(photos))):
