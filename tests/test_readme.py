@@ -5,7 +5,8 @@ photos walkthrough (docs/own_data.md) run as the manual gives them, with only th
 (and the sizes) changed. The set-up and test commands are CI's (.ci/run); the main job
 takes a quarter of an hour or more, so its smoke variant stands in for it; the studies'
 smoke sweeps run in tests/test_studies.py. Every other command in the README and docs is
-checked without running it: its module, variant and config keys exist. Links must lead to files and headings that exist."""
+checked without running it: its module, variant and config keys exist. Links must lead
+to files and headings that exist."""
 
 import importlib
 import importlib.util
@@ -48,7 +49,8 @@ def commands(text: str) -> list[list[str]]:
   return found
 
 
-def readme_command(*must_have: str, must_not: str = "", doc: str = "README.md") -> list[str]:
+def readme_command(*must_have: str, must_not: str = "",
+                   doc: str = "README.md") -> list[str]:
   """The one command of `doc` that contains all of `must_have` (and not `must_not`)."""
   matches = [argv for argv in commands((REPO / doc).read_text())
              if all(any(word in arg for arg in argv) for word in must_have)
