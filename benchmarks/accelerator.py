@@ -25,8 +25,8 @@ Once --budget_s has passed, no part starts, and a training run stops after its n
 epoch's evaluation, keeping what it measured (status 'stopped'). A part that fails is
 recorded with its error and the others still run; the exit code is then 1. The JSON
 file is rewritten after every part. --smoke shrinks everything (the smoke variant's
-images and batch, one epoch; the MLP's step, two tiny batch sizes, 256-sided matmuls) and
-keeps JAX's compilation cache, to check the script on a CPU.
+images, widths and batch, one epoch; the MLP's step, two tiny batch sizes, 256-sided
+matmuls) and keeps JAX's compilation cache, to check the script on a CPU.
 
 Missing packages are named at the start, before any work; docs/performance.md ("On an
 accelerator") says which to carry to a lent machine and how to run it there.

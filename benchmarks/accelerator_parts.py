@@ -72,13 +72,15 @@ def matmul_peak(settings: Settings, deadline: float) -> dict:
 # --- Whole runs.
 
 def run_config(variant: str, settings: Settings):
-  """cifar_cnn's config of `variant`, shrunk to the smoke variant's data and (at most)
-  batch and to one epoch with --smoke, reading from settings.data_dir when it is set."""
+  """cifar_cnn's config of `variant`, shrunk with --smoke to the smoke variant's data and
+  widths, (at most) its batch, and one epoch, reading from settings.data_dir when set."""
   config = cifar_cnn.get_config(variant)
   if settings.smoke:
     smoke = cifar_cnn.get_config("smoke")
     for key in ("train_subset", "test_subset", "log_every_steps", "warmup_epochs"):
       config[key] = smoke[key]
+    if config.model == smoke.model:
+      config.model_kwargs = smoke.model_kwargs
     config.num_epochs = 1
     for key in ("batch_size", "eval_batch_size", "whitening_examples"):   # at most
       config[key] = min(config[key], smoke[key])

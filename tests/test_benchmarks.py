@@ -89,17 +89,17 @@ def _run(args, env=None, timeout=600):
 # --- Smoke runs.
 
 def test_train_step_benchmark_smoke(tmp_path):
-  """The VGG (which brings BatchNorm, Nesterov, weight decay and label smoothing) against
-  every installed peer and against this checkout as --baseline, which must be the same
-  program, two steps each; the peers' equivalence for every model is tested below."""
+  """The command and its table: the MLP, the quickest to compile, against every installed
+  peer and against this checkout as --baseline, which must be the same program, two steps
+  each. The peers' equivalence for every model, the VGG included, is tested below."""
   out = tmp_path / "step.json"
-  stdout = _run(["benchmarks.train_step", "--models=vgg", "--batch_sizes=8", "--repeats=1",
+  stdout = _run(["benchmarks.train_step", "--models=s1", "--batch_sizes=8", "--repeats=1",
                  "--steps=2", "--matmul_size=512", f"--baseline={REPO}", f"--json_out={out}"])
-  assert "| VGG" in stdout and "matmul peak" in stdout and "ours/baseline" in stdout
+  assert "| S1 MLP" in stdout and "matmul peak" in stdout and "ours/baseline" in stdout
   result = json.loads(out.read_text())
   assert result["matmul_peak_gflops"]["jax"] > 0
   (row,) = result["results"]
-  assert (row["model"], row["batch_size"]) == ("vgg", 8)
+  assert (row["model"], row["batch_size"]) == ("s1", 8)
   assert row["ours"]["median"] > 0 and row["flops_per_step"] > 0
   assert row["steps_per_repeat"]["ours"] == 2
   assert row["baseline"]["median"] > 0 and row["same_program_as_baseline"] is True
@@ -130,7 +130,8 @@ def test_scan_vs_loop_smoke():
   XLA:CPU leaves the gradient convolutions inside the loop of several steps per call in
   an order its fast kernels do not take; with the models' own, none is. If the autodiff
   line shows 0, XLA has changed: re-measure."""
-  stdout = _run(["benchmarks.scan_vs_loop", "--steps=2", "--repeats=1"])
+  stdout = _run(["benchmarks.scan_vs_loop", "--batch_size=8", "--steps_per_call=2",
+                 "--steps=2", "--repeats=1"])
   counts = dict(re.findall(r"^  (\w[\w ,]+?) +[\d,]+ images/s .* order: (\d+)", stdout,
                            re.M))
   assert counts == {"python loop": "0", "fused steps": "0",
