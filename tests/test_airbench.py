@@ -76,6 +76,22 @@ def test_interpret_reads_the_trained_convs_and_the_last_blocks_features():
   assert interpret.layer_names(model)[-1] == "head" and len(interpret.layer_names(model)) == 7
 
 
+def test_the_head_max_pools_the_last_block_then_scales_a_bias_free_linear():
+  """The paper's head: the global max (not mean) over the last block's grid, a linear
+  layer without bias, and the logits times 1/9."""
+  images = correlated_images(n=4, size=32)
+  model = create_model("airbench", input_shape=images.shape[1:], num_classes=3,
+                       widths=(4, 6, 8))
+  model.init_from_data(images)
+  x = jnp.asarray(images, jnp.float32)
+  features = np.asarray(model.features(x), np.float64)
+  kernel = np.asarray(model.head.kernel.get_value(), np.float64)
+  assert model.head.bias is None and model.logit_scale == pytest.approx(1 / 9)
+  expected = features.max(axis=(1, 2)) @ kernel / 9
+  np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(features.mean(axis=(1, 2)) @ kernel / 9, expected, atol=1e-3)
+
+
 @pytest.mark.parametrize("fan_in,fan_out", [(4, 6), (6, 4), (5, 5)])
 def test_dirac_init_makes_a_conv_the_identity(fan_in, fan_out):
   conv = nnx.jit(lambda: nnx.Conv(fan_in, fan_out, (3, 3), padding="SAME", use_bias=False,
