@@ -249,6 +249,29 @@ def test_a_lookahead_run_serves_its_average_and_resumes_exactly(tiny_folder, tmp
   assert lines(tmp_path / "run") == lines(tmp_path / "reference")
 
 
+def test_the_ablations_tta_rows_score_as_runs_trained_with_that_tta(tiny_folder, tmp_path):
+  """Test-time augmentation changes no weight: the ablation's re-evaluation of a recipe
+  run with `--config.mode=eval --config.tta=none` gives, to the bit, the test loss and
+  accuracy of the same run trained from the start with tta=none."""
+  from experiments import airbench_ablation
+  from research import sweep as sweep_lib
+  config = tiny_recipe(tiny_folder)
+  assert config.tta == "flip_translate"
+  sweep = sweep_lib.Sweep([sweep_lib.Point({}, name="recipe")])
+  (job,) = sweep_lib.plan(sweep, config, tmp_path, 1, ["python"], "c.py", {})
+  _, with_tta = loop.run_training(job.config, job.workdir)
+  _, trained_without = loop.run_training(tiny_recipe(tiny_folder, tta="none"),
+                                         tmp_path / "no_tta")
+  (re_evaluated,) = airbench_ablation.re_evaluate([job], "none")
+  for key in ("test_loss", "test_accuracy"):
+    assert re_evaluated[key] == trained_without[key], key
+  assert re_evaluated["test_loss"] != with_tta["test_loss"]   # the views did change
+  assert json.loads((job.workdir / "config.json").read_text())["tta"] == "flip_translate"
+  markdown, _ = airbench_ablation.analyse([job], tmp_path)
+  assert f"| no_tta | none | 1 | {100 * trained_without['test_accuracy']:.2f} |" in markdown
+  assert "| tta_flip_only | flip | 1 |" in markdown
+
+
 @pytest.mark.parametrize("name,kwargs", [("airbench", {"widths": (4, 4, 4)}), ("vgg", {}),
                                          ("mnist_cnn", {"batch_norm": True}),
                                          ("mlp", {"batch_norm": True})])

@@ -16,9 +16,11 @@ from research import outputs
 # Keys that may change between a run and its resumption: they do not change what the
 # saved state means. Any other change is refused, naming the keys. `compute_dtype` is
 # one: checkpoints are float32 in either dtype (the same tree, the same dtypes), and like
-# `num_devices` it changes only the rounding of the steps after the resumption.
+# `num_devices` it changes only the rounding of the steps after the resumption. `tta`
+# changes only evaluation: `--config.mode=eval --config.tta=none` re-scores a finished
+# run without test-time augmentation, as if it had been trained with tta=none.
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "steps_per_call", "progress",
-                     "eval_every_epochs", "eval_batch_size", "final_train_eval",
+                     "eval_every_epochs", "eval_batch_size", "final_train_eval", "tta",
                      "checkpoint_every_steps", "checkpoint_every_epochs",
                      "keep_checkpoints", "mode", "data_dir", "data_source", "download_mirror",
                      "num_devices", "platform", "compute_dtype", "async_checkpoints",
