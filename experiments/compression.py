@@ -23,9 +23,9 @@ workdir, {sweep_dir}/teacher/seed_0, and runs once the teacher has finished:
 
 The sweep takes about 26 minutes, 2 runs at a time, on an otherwise idle 2-core CPU.
 The fine-tuning and the students see 10,000 of the 50,000 training images, for few
-epochs. Their accuracies
-are below what longer training gives; the comparisons (one-shot against fine-tuned,
-student alone against distilled) are within the same budget.
+epochs. Their accuracies are below what longer training gives; the comparisons
+(one-shot against fine-tuned, student alone against distilled) are within the same
+budget.
 
 Variants:
   smoke  the same points at sparsity 90% only, 1 seed, without the student alone (the

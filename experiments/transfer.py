@@ -19,10 +19,10 @@ label smoothing 0.1) is
      the pre-trained features with a new head's large early gradients;
    - `probe`: the pre-trained backbone frozen (`freeze=backbone`: no updates, BatchNorm
      in inference mode), only the new head trains: a linear probe of its features;
-3. at 3 seeds; each seed draws its own N images per class (the same draw for the three arms, so the arms are compared on the same
-   data) and its own initialisation of the head (and of the scratch net). One
-   pre-trained backbone serves every seed, so the spread does not include the
-   pre-training's.
+3. at 3 seeds; each seed draws its own N images per class (the same draw for the three
+   arms, so the arms are compared on the same data) and its own initialisation of the
+   head (and of the scratch net). One pre-trained backbone serves every seed, so the
+   spread does not include the pre-training's.
 
 Test accuracy is on the 5,000 test images of classes 5-9. What makes the comparison fair:
 at each N the three arms get the same images, the same recipe and the same number of
