@@ -19,10 +19,10 @@ Variants:
 """
 
 import ml_collections
-import numpy as np
 
 from experiments import airbench
 from research import sweep as sweep_lib
+from research import sweep_results
 from research.training import loop
 
 # One trick off per point: its config keys as the recipe would have them without it.
@@ -77,10 +77,9 @@ def analyse(jobs, sweep_dir) -> tuple[str, list]:
            "Mean ± sample std over the runs.", "",
            "| point | tta | runs | test accuracy (%) |", "|---|---|---|---|"]
   for name, tta in TTA_ABLATIONS.items():
-    values = 100 * np.array([s["test_accuracy"] for s in re_evaluate(jobs, tta)])
-    cell = "–" if not len(values) else f"{values.mean():.2f}" + (
-        f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
-    lines.append(f"| {name} | {tta} | {len(values)} | {cell} |")
+    accuracies = [s["test_accuracy"] for s in re_evaluate(jobs, tta)]
+    lines.append(f"| {name} | {tta} | {len(accuracies)} | "
+                 f"{sweep_results.mean_std_text(accuracies, scale=100)} |")
   return "\n".join(lines) + "\n", []
 
 

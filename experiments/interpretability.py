@@ -39,6 +39,7 @@ from research import inference
 from research import interpret
 from research import plots
 from research import sweep as sweep_lib
+from research import sweep_results
 
 VARIANTS = ("default", "smoke")
 NUM_IMAGES = {"default": 16, "smoke": 2}
@@ -102,13 +103,6 @@ def _per_method(checks: list[dict]) -> dict:
           for m in checks[0]["correlations"]}
 
 
-def _cell(values: np.ndarray) -> str:
-  values = values[~np.isnan(values)]
-  if not len(values):
-    return "–"
-  return f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
-
-
 def markdown(checks: list[dict], runs: int) -> str:
   layers = checks[0]["layers"]
   per_method = _per_method(checks)
@@ -124,7 +118,8 @@ def markdown(checks: list[dict], runs: int) -> str:
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for method, values in per_method.items():
     lines.append("| " + " | ".join([interpret.TITLES[method],
-                                    *(_cell(values[:, i]) for i in range(len(layers)))]) + " |")
+                                    *(sweep_results.mean_std_text(values[:, i])
+                                      for i in range(len(layers)))]) + " |")
   completeness = np.stack([c["completeness"] for c in checks])
   lines += ["", f"Integrated Gradients' completeness (64 steps, black baseline): "
             f"|sum of attributions - (logit(x) - logit(baseline))| is "

@@ -79,6 +79,17 @@ def _cell(mean: float, std: float, scale: float, decimals: int) -> str:
   return text if math.isnan(std) else f"{text} ± {std * scale:.{decimals}f}"
 
 
+def mean_std_text(values, scale: float = 1.0, decimals: int = 2) -> str:
+  """'mean ± sample std' of the values that are not NaN, times `scale`, as results.md
+  writes it: the mean alone for one value, '–' for none."""
+  values = np.asarray(values, float)
+  values = values[~np.isnan(values)]
+  if not len(values):
+    return "–"
+  return _cell(values.mean(), values.std(ddof=1) if len(values) > 1 else math.nan, scale,
+               decimals)
+
+
 def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
                    path: epath.Path, cv_folds: int = 0) -> None:
   published = [k for k in ("train_accuracy", "test_accuracy")
