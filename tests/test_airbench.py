@@ -57,15 +57,21 @@ def test_whitening_filters_are_state_not_parameters():
   assert "scale" not in params["blocks"][0]["norm1"]          # frozen BatchNorm scales
 
 
-def test_interpret_reads_the_trained_convs_and_the_last_blocks_features():
-  """Grad-CAM, the filter grid and the randomisation of research/interpret.py see the
-  block convs; features then classify is the model's own forward pass."""
-  from research import interpret
+def small_model_and_images():
+  """An airbench model of widths 4-6-8 for 3 classes, whitened on 4 correlated 32x32
+  images, and those images."""
   images = correlated_images(n=4, size=32)
   model = create_model("airbench", input_shape=images.shape[1:], num_classes=3,
                        widths=(4, 6, 8))
   model.init_from_data(images)
-  x = jnp.asarray(images, jnp.float32)
+  return model, jnp.asarray(images, jnp.float32)
+
+
+def test_interpret_reads_the_trained_convs_and_the_last_blocks_features():
+  """Grad-CAM, the filter grid and the randomisation of research/interpret.py see the
+  block convs; features then classify is the model's own forward pass."""
+  from research import interpret
+  model, x = small_model_and_images()
   assert [c.kernel.shape[-1] for c in model.convs] == [4, 4, 6, 6, 8, 8]
   assert model.features(x).shape == (4, 3, 3, 8)  # 32 -> 31 (2x2 valid) -> 15 -> 7 -> 3
   np.testing.assert_array_equal(model.classify(model.features(x)), model(x))
@@ -79,11 +85,7 @@ def test_interpret_reads_the_trained_convs_and_the_last_blocks_features():
 def test_the_head_max_pools_the_last_block_then_scales_a_bias_free_linear():
   """The paper's head: the global max (not mean) over the last block's grid, a linear
   layer without bias, and the logits times 1/9."""
-  images = correlated_images(n=4, size=32)
-  model = create_model("airbench", input_shape=images.shape[1:], num_classes=3,
-                       widths=(4, 6, 8))
-  model.init_from_data(images)
-  x = jnp.asarray(images, jnp.float32)
+  model, x = small_model_and_images()
   features = np.asarray(model.features(x), np.float64)
   kernel = np.asarray(model.head.kernel.get_value(), np.float64)
   assert model.head.bias is None and model.logit_scale == pytest.approx(1 / 9)
