@@ -18,9 +18,12 @@ Variants:
   smoke    airbench's smoke variant (tiny widths, 512 images), two points, 1 seed.
 """
 
+import json
+
 import ml_collections
 
 from experiments import airbench
+from research import outputs
 from research import sweep as sweep_lib
 from research import sweep_results
 from research.training import loop
@@ -58,13 +61,24 @@ def get_sweep(variant: str | None = None) -> sweep_lib.Sweep:
 
 
 def re_evaluate(jobs, tta: str) -> list[dict]:
-  """The test metrics of each finished run of the point `recipe`, with `tta` instead."""
+  """The test metrics of each finished run of the point `recipe`, with `tta` instead.
+
+  Each run keeps its scores in tta_TTA.json, so that the table can be gathered again
+  (`--aggregate-only`) from runs whose checkpoints are gone, as when the sweep's runs
+  were done on several machines."""
   summaries = []
   for job in jobs:
-    if job.point.label == "recipe":
+    if job.point.label != "recipe":
+      continue
+    saved = job.workdir / f"tta_{tta}.json"
+    if not saved.exists():
       config = ml_collections.ConfigDict(job.config.to_dict())
       config.mode, config.tta, config.final_train_eval = "eval", tta, False
-      summaries.append(loop.train_and_evaluate(config, str(job.workdir)))
+      summary = loop.train_and_evaluate(config, str(job.workdir))
+      outputs.RunDir(job.workdir).write_json(saved.name, {
+          "tta": tta, **{k: summary[k] for k in ("checkpoint_step", "test_accuracy",
+                                                  "test_loss")}})
+    summaries.append(json.loads(saved.read_text()))
   return summaries
 
 

@@ -2,6 +2,7 @@
 on tiny synthetic data, and the recipe's code path end to end."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -272,6 +273,10 @@ def test_the_ablations_tta_rows_score_as_runs_trained_with_that_tta(tiny_folder,
   markdown, _ = airbench_ablation.analyse([job], tmp_path)
   assert f"| no_tta | none | 1 | {100 * trained_without['test_accuracy']:.2f} |" in markdown
   assert "| tta_flip_only | flip | 1 |" in markdown
+  # The scores are kept beside the run, so the table is gathered again without checkpoints.
+  shutil.rmtree(job.workdir / "checkpoints")
+  assert airbench_ablation.re_evaluate([job], "none") == [re_evaluated]
+  assert airbench_ablation.analyse([job], tmp_path)[0] == markdown
 
 
 @pytest.mark.parametrize("name,kwargs", [("airbench", {"widths": (4, 4, 4)}), ("vgg", {}),
