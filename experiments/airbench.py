@@ -8,7 +8,7 @@ A100 (about 3.6e14 FLOPs); its Muon variant reaches 94% in 2.59 s. Written here 
 paper and a reading of its public PyTorch code, each trick a config key (an ablation turns
 one off by overriding it):
 
-  model='airbench'                frozen 2x2 patch whitening (from 5,000 training images,
+  model_kwargs.whiten=True        frozen 2x2 patch whitening (from 5,000 training images,
                                   config.whitening_examples), GELU, three conv blocks of
                                   widths 64-256-256, global max pool, bias-free head x 1/9
   model_kwargs.dirac=True         identity (Dirac) initialisation of the block convs
@@ -54,6 +54,7 @@ def _full():
   c.model_kwargs.widths = (64, 256, 256)
   c.model_kwargs.bn_momentum, c.model_kwargs.bn_epsilon = 0.4, 1e-12
   c.model_kwargs.bn_scale, c.model_kwargs.dirac = False, True
+  c.model_kwargs.whiten = True
   c.model_kwargs.logit_scale = 1 / 9
   c.whitening_examples = 5000
   c.optimizer, c.momentum = "nesterov", 0.85

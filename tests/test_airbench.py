@@ -58,6 +58,34 @@ def test_whitening_filters_are_state_not_parameters():
   assert "scale" not in params["blocks"][0]["norm1"]          # frozen BatchNorm scales
 
 
+def test_without_whitening_the_first_layer_is_a_trained_conv():
+  """model_kwargs.whiten=False, the ablation's: the same 2x2 layer, now a parameter from
+  PyTorch's default initialisation, which the data does not set."""
+  images = correlated_images()
+  model = create_model("airbench", input_shape=images.shape[1:], num_classes=3,
+                       widths=(4, 4, 4), whiten=False)
+  before = np.asarray(model.whiten_kernel[...])
+  model.init_from_data(images)
+  np.testing.assert_array_equal(model.whiten_kernel[...], before)
+  assert before.shape == (2, 2, 3, 24) and np.abs(before).max() > 0
+  _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  assert "whiten_kernel" in params and "whiten_kernel" not in stats
+
+
+def test_a_run_saved_before_a_model_option_resumes_under_its_default():
+  """A config.json from before `model_kwargs.whiten` existed: today's recipe (whiten=True,
+  the model's default) changes nothing; whiten=False is a change, refused."""
+  from research.training import resume
+  config = recipe.get_config("smoke")
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model_kwargs"]["whiten"]
+  assert resume.changed_keys(saved, config) == {}
+  config.model_kwargs.whiten = False
+  changes = resume.changed_keys(saved, config)
+  assert list(changes) == ["model_kwargs"] and resume.refused_changes(changes)
+  assert changes["model_kwargs"][0]["whiten"] is True
+
+
 def small_model_and_images():
   """An airbench model of widths 4-6-8 for 3 classes, whitened on 4 correlated 32x32
   images, and those images."""

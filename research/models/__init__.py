@@ -49,19 +49,27 @@ def is_head(path) -> bool:
   return path_names(path[:1]) == [HEAD]
 
 
-def accepts(name: str, arg: str) -> bool:
-  """Whether model `name` takes hyperparameter `arg`. The seed CNN factories forward
-  **kw to ConvPoolNet, so their keyword arguments are ConvPoolNet's."""
+def _parameters(name: str) -> dict[str, inspect.Parameter]:
+  """The keyword arguments of model `name`. The seed CNN factories forward **kw to
+  ConvPoolNet, so ConvPoolNet's are theirs too."""
   factory = MODELS[name]
   # nnx's metaclass hides a Module's signature; read its __init__ instead.
   signature = lambda f: inspect.signature(f.__init__ if isinstance(f, type) else f).parameters
-  params = signature(factory)
-  if arg in params:
-    return True
+  params = dict(signature(factory))
   if factory.__module__ == cnn.__name__ and any(
       p.kind is p.VAR_KEYWORD for p in params.values()):
-    return arg in signature(cnn.ConvPoolNet)
-  return False
+    params = {**signature(cnn.ConvPoolNet), **params}
+  return params
+
+
+def accepts(name: str, arg: str) -> bool:
+  """Whether model `name` takes hyperparameter `arg`."""
+  return arg in _parameters(name)
+
+
+def default_kwargs(name: str) -> dict:
+  """The hyperparameters of model `name` that have a default, with it."""
+  return {k: p.default for k, p in _parameters(name).items() if p.default is not p.empty}
 
 
 def create_model(name: str, *, input_shape, num_classes: int, seed: int = 0, **kwargs):

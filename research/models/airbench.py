@@ -93,12 +93,14 @@ class Airbench(nnx.Module):
   """airbench94's network. `bn_momentum` is flax's (the weight of the old running
   average: the paper's PyTorch momentum 0.6 is 0.4 here); `bn_scale=False` freezes the
   BatchNorm scales at 1; `dirac` initialises every block conv as the identity on its
-  first channels."""
+  first channels; `whiten=False` replaces the frozen whitening by a 2x2 conv of the same
+  shape that trains from PyTorch's default initialisation (the paper's baseline, for the
+  ablation)."""
 
   def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
                widths: Sequence[int] = (64, 256, 256), bn_momentum: float = 0.4,
                bn_epsilon: float = 1e-12, bn_scale: bool = False, dirac: bool = True,
-               logit_scale: float = 1 / 9, whitening_eps: float = 5e-4,
+               whiten: bool = True, logit_scale: float = 1 / 9, whitening_eps: float = 5e-4,
                compute_dtype: str = "float32"):
     h, w, c = input_shape
     if min(h, w) - 1 < 2 ** len(widths):
@@ -107,7 +109,10 @@ class Airbench(nnx.Module):
     self.input_shape, self.num_classes = tuple(input_shape), num_classes
     self.logit_scale, self.whitening_eps = logit_scale, whitening_eps
     self.compute_dtype = compute_dtype
-    self.whiten_kernel = FrozenStat(jnp.zeros((2, 2, c, 8 * c), jnp.float32))
+    if whiten:
+      self.whiten_kernel = FrozenStat(jnp.zeros((2, 2, c, 8 * c), jnp.float32))
+    else:
+      self.whiten_kernel = nnx.Param(torch_default_init(rngs.params(), (2, 2, c, 8 * c)))
     self.whiten_bias = nnx.Param(jnp.zeros((8 * c,), jnp.float32))
     norm = lambda n: layers.batch_norm(n, momentum=bn_momentum, epsilon=bn_epsilon,
                                        use_scale=bn_scale, compute_dtype=compute_dtype,
@@ -121,8 +126,10 @@ class Airbench(nnx.Module):
                            kernel_init=torch_default_init, dtype=compute_dtype, rngs=rngs)
 
   def init_from_data(self, images: np.ndarray) -> None:
-    """Sets the whitening filters from normalised training images (N, H, W, C)."""
-    self.whiten_kernel[...] = jnp.asarray(whitening_filters(images, self.whitening_eps))
+    """Sets the whitening filters from normalised training images (N, H, W, C); a
+    trained first layer (`whiten=False`) keeps its initialisation."""
+    if isinstance(self.whiten_kernel, FrozenStat):
+      self.whiten_kernel[...] = jnp.asarray(whitening_filters(images, self.whitening_eps))
 
   def whiten(self, x: jax.Array) -> jax.Array:
     dtype = self.compute_dtype

@@ -11,6 +11,8 @@ import numpy as np
 from research import configs
 from research import errors
 from research import outputs
+from research.models import MODELS
+from research.models import default_kwargs
 
 
 # Keys that may change between a run and its resumption: they do not change what the
@@ -99,12 +101,25 @@ def check_resumable(writer: outputs.RunDir, config) -> dict:
 def changed_keys(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
   """{key: (saved value, new value)} for every top-level key that differs, comparing the
   JSON forms (config.json holds tuples as lists). Keys added since are compared with
-  their defaults."""
+  their defaults, model_kwargs' with the model's."""
   new = json.loads(config.to_json_best_effort())
   defaults = json.loads(configs.base_config().to_json_best_effort())
+  saved = _with_model_defaults(saved, new)
   return {k: (saved.get(k, defaults.get(k)), new.get(k))
           for k in sorted(set(saved) | set(new))
           if saved.get(k, defaults.get(k)) != new.get(k, defaults.get(k))}
+
+
+def _with_model_defaults(saved: dict, new: dict) -> dict:
+  """`saved` with the model's default for each model_kwargs key that `new` sets and a
+  run saved before the model had it does not."""
+  if saved.get("model") != new.get("model") or new.get("model") not in MODELS:
+    return saved
+  kwargs = dict(saved.get("model_kwargs", {}))
+  for key, value in json.loads(json.dumps(default_kwargs(new["model"]), default=repr)).items():
+    if key in new.get("model_kwargs", {}):
+      kwargs.setdefault(key, value)
+  return {**saved, "model_kwargs": kwargs}
 
 
 def refused_changes(changes: dict[str, tuple]) -> dict[str, tuple]:
