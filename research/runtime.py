@@ -8,6 +8,7 @@ spans them all, and process 0 alone writes the run's files (docs/several_hosts.m
 
 from collections.abc import Mapping
 import os
+import platform
 
 import jax
 import numpy as np
@@ -90,8 +91,22 @@ def any_process(flag: bool) -> bool:
 
 
 def describe(mesh: jax.sharding.Mesh) -> dict:
-  """What summary.json records of where the run executed."""
+  """What summary.json records of where the run executed: the devices, and the host's
+  CPU, which sets the speed on a CPU and can change the last bits of the results."""
   device = mesh.devices.flat[0]
   return {"platform": device.platform, "kind": device.device_kind, "count": mesh.size,
           "processes": jax.process_count(),
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "host_cpu": host_cpu(), "host_cores": os.cpu_count()}
+
+
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host's CPU model, as Linux names it ('AMD EPYC ...'), else the architecture."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import REPO
+from research import runtime
 
 
 def run_cli(module, *args, env=None, timeout=300):
@@ -45,6 +46,7 @@ def test_readme_several_devices_command_runs(data_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["devices"]["count"] == 8
+  assert summary["devices"]["host_cpu"] == runtime.host_cpu() != ""
   assert summary["test_accuracy"] > 0.9
 
 
