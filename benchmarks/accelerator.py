@@ -18,6 +18,8 @@ Parts, in this order (benchmarks/accelerator_parts.py):
   batch_sweep     the same step at batch 32, 128, 512, 2048 and 8192, with FLOPs per image
                   and the share of the float32 matmul peak
   full_variant    cifar_cnn's `full` variant (the paper's widths), as main_job
+  full_variant_torch  the same recipe written in PyTorch (benchmarks/torch_airbench.py),
+                  on the same data and device, right after: the side-by-side time
 The step parts time interleaved repeats of about 0.5 s (benchmarks/common.py) and report
 medians, so each ratio comes from candidates measured side by side.
 
@@ -155,9 +157,14 @@ def _sweep_row(r: dict) -> str:
   return "; ".join(f"batch {b}: {_rate(r, b)}" for b in r["images_per_s"])
 
 
+def _torch_row(r: dict) -> str:
+  return (f"test {100 * r['test_accuracy']:.2f}%, wall {r['wall_time_s']:.1f} s on "
+          f"{r['device']} (torch {r['torch']})")
+
+
 ROWS = {"matmul_peak": _peak_row, "main_job": _run_row, "bfloat16": _bfloat16_row,
         "steps_per_call": _steps_per_call_row, "batch_sweep": _sweep_row,
-        "full_variant": _run_row}
+        "full_variant": _run_row, "full_variant_torch": _torch_row}
 
 
 def summary_row(name: str, r: dict) -> str:
@@ -187,6 +194,11 @@ def report(result: dict) -> str:
       ["part", "status", "s", "numbers"],
       [[name, r["status"], f"{r['seconds']:.1f}", summary_row(name, r)]
        for name, r in parts.items()]))
+  ours, theirs = parts.get("full_variant", {}), parts.get("full_variant_torch", {})
+  if ours.get("status") == theirs.get("status") == "ok":
+    lines += ["", f"The full recipe: ours {ours['wall_time_s']:.1f} s, PyTorch "
+              f"{theirs['wall_time_s']:.1f} s; ours faster by "
+              f"{common.fmt(common.ratio(theirs['wall_time_s'], ours['wall_time_s']), '.2f')}x"]
   sweep = parts.get("batch_sweep", {})
   if sweep.get("status") == "ok":
     peak = parts.get("matmul_peak", {}).get("float32_gflops")

@@ -20,6 +20,7 @@ from research import compilation_cache
 from research import plots
 from research.training import inputs
 from research.training import loop
+from research.training import preflight
 
 
 class Skipped(Exception):
@@ -162,6 +163,22 @@ def full_variant(settings: Settings, deadline: float) -> dict:
   return train_run(run_config("full", settings), deadline)
 
 
+def full_variant_torch(settings: Settings, deadline: float) -> dict:
+  """The same config trained by the PyTorch program of benchmarks/torch_airbench.py on
+  this machine's GPU (else its CPU), right after ours: wall time from building the model
+  to the test accuracy, with the data already on the device."""
+  del deadline   # at the full recipe's size it takes seconds on a GPU
+  try:
+    import torch
+    from benchmarks import torch_airbench
+  except ImportError as e:
+    raise Skipped(f"PyTorch is not importable ({e})") from None
+  config, dataset = preflight.load_for_run(run_config("full", settings))
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  return torch_airbench.train_recipe(config, dataset, device) | {
+      "torch": torch.__version__, "train_images": len(dataset.train.labels)}
+
+
 # --- The train step.
 
 def build_step(key: str, batch: int, **settings) -> workloads.OurStep:
@@ -251,4 +268,4 @@ def batch_sweep(settings: Settings, deadline: float) -> dict:
 
 PARTS = {"matmul_peak": matmul_peak, "main_job": main_job, "bfloat16": bfloat16,
          "steps_per_call": steps_per_call, "batch_sweep": batch_sweep,
-         "full_variant": full_variant}
+         "full_variant": full_variant, "full_variant_torch": full_variant_torch}

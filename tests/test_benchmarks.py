@@ -169,7 +169,7 @@ def test_end_to_end_benchmark_smoke(tmp_path, data_dir):
 
 
 ACCELERATOR_PARTS = ["matmul_peak", "main_job", "bfloat16", "steps_per_call",
-                     "batch_sweep", "full_variant"]
+                     "batch_sweep", "full_variant", "full_variant_torch"]
 
 
 def test_accelerator_smoke(tmp_path, data_dir):
@@ -198,6 +198,14 @@ def test_accelerator_smoke(tmp_path, data_dir):
     assert run["epochs"] == 1 == run["epochs_done"]
     assert 0 < run["test_accuracy"] == run["last_test_accuracy"] <= 1
     assert run["wall_time_s"] > run["train_time_s"] > 0 and run["examples_per_s"] > 0
+  theirs = parts["full_variant_torch"]
+  if have_torch():
+    assert theirs["status"] == "ok" and theirs["device"] == "cpu", theirs
+    assert theirs["train_images"] == parts["full_variant"]["train_images"]
+    assert 0 <= theirs["test_accuracy"] <= 1 and theirs["wall_time_s"] > 0
+    assert "The full recipe: ours " in stdout
+  else:
+    assert theirs["status"] == "skipped" and "PyTorch" in theirs["note"]
   _check_rates(parts["steps_per_call"], ["1", "16"], "fused_over_one")
   sweep = parts["batch_sweep"]
   _check_rates(sweep, ["8", "32"])
@@ -328,3 +336,50 @@ def test_keras_peer_matches_ours(case, keras_peers):
   x = np.random.default_rng(0).normal(size=(4, *shape)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(peer(x, training=False)),
                              np.asarray(ours(x, train=False)), atol=1e-4, rtol=1e-4)
+
+
+# --- The PyTorch airbench (benchmarks/torch_airbench.py) is our recipe's network.
+
+@pytest.fixture(scope="module")
+def torch_airbench():
+  return _peers_or_skip("benchmarks.torch_airbench", "torch")
+
+
+def test_torch_airbench_is_our_network(torch_airbench):
+  """The same trained parameter count, and our logits from our weights and BatchNorm
+  statistics copied in (set at random first, so that a swapped or dropped one shows), in
+  inference mode and with batch statistics."""
+  import torch
+  from experiments import airbench as recipe
+  kwargs = dict(recipe.get_config("smoke").model_kwargs, widths=(8, 12, 16))
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(6, 32, 32, 3)).astype(np.float32)
+  ours = create_model("airbench", input_shape=(32, 32, 3), num_classes=10, seed=2, **kwargs)
+  ours.init_from_data(images)
+  ours.whiten_bias[...] = rng.normal(size=ours.whiten_bias.shape).astype(np.float32)
+  for block in ours.blocks:
+    for norm in (block.norm1, block.norm2):
+      for stat in (norm.bias, norm.mean):
+        stat[...] = rng.normal(size=stat.shape).astype(np.float32)
+      norm.var[...] = rng.uniform(0.5, 2, size=norm.var.shape).astype(np.float32)
+  peer = torch_airbench.Airbench((32, 32, 3), 10, **kwargs)
+  assert torch_airbench.count_params(peer) == sum(
+      x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
+  torch_airbench.copy_weights(ours, peer)
+  x = torch.from_numpy(images).permute(0, 3, 1, 2)
+  for train in (False, True):
+    peer.train(train)
+    with torch.no_grad():
+      theirs = peer(x).numpy()
+    np.testing.assert_allclose(theirs, np.asarray(ours(images, train=train)),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_torch_airbench_trains_the_recipe(torch_airbench, tiny_folder):
+  """The whole PyTorch program on a tiny folder: it trains, averages and evaluates."""
+  from research.training import preflight
+  from test_airbench import tiny_recipe
+  config, dataset = preflight.load_for_run(tiny_recipe(tiny_folder))
+  result = torch_airbench.train_recipe(config, dataset)
+  assert result["steps"] == config.num_epochs * (36 // config.batch_size)
+  assert 0 <= result["test_accuracy"] <= 1 and result["wall_time_s"] > 0

@@ -199,7 +199,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
   cfg = StepConfig.from_config(config, mesh.size, class_weights, steps_per_epoch)
   model = create_run_model(config, dataset.image_shape, dataset.num_classes)
   if hasattr(model, "init_from_data"):   # e.g. airbench's whitening; a resume restores it
-    model.init_from_data(_data_init_images(config, dataset))
+    model.init_from_data(data_init_images(config, dataset))
   if (cfg.micro_batches > 1 and not config.ghost_batch_norm
       and jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
     raise errors.ConfigError(
@@ -279,7 +279,7 @@ def _setup_locked(config, writer: outputs.RunDir, changes: dict, dataset,
   return run
 
 
-def _data_init_images(config, dataset) -> np.ndarray:
+def data_init_images(config, dataset) -> np.ndarray:
   """`config.whitening_examples` training images (seeded), normalised as the model sees
   them, for a model whose initial weights depend on the data."""
   images = subset(dataset.train, config.whitening_examples, config.seed).images
