@@ -45,6 +45,7 @@ def rows(jobs: Sequence["sweep_lib.Job"]) -> list[dict]:
     row["workdir"] = str(job.workdir)
     row.update({k: sweep_lib.format_value(v) for k, v in job.point.overrides.items()})
     row.update({k: summary.get(k) for k in METRICS})
+    row["train_metrics"] = summary.get("train_metrics", "inference mode")
     out.append(row)
   return out
 
@@ -91,7 +92,9 @@ def mean_std_text(values, scale: float = 1.0, decimals: int = 2) -> str:
 
 
 def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
-                   path: epath.Path, cv_folds: int = 0) -> None:
+                   path: epath.Path, cv_folds: int = 0,
+                   train_metrics: Sequence[str] = ("inference mode",)) -> None:
+  """results.md's table; `train_metrics`: how the runs measured their train accuracy."""
   published = [k for k in ("train_accuracy", "test_accuracy")
                if any(k in s["point"].published for s in stats)]
   chosen = chosen_on_validation(stats)
@@ -101,8 +104,13 @@ def write_markdown(sweep: "sweep_lib.Sweep", stats: list[dict], num_seeds: int,
   asked = f"{num_seeds} seed(s) x {cv_folds} folds" if cv_folds else num_seeds
   lines = [f"# {sweep.title or 'Sweep results'}", "",
            f"Mean ± sample standard deviation over the finished {header[1]} (of {asked} "
-           "asked). Train accuracy is measured in inference mode on the training split "
-           "as trained on (corrupted labels included); gap = train - test accuracy.", "",
+           "asked). " + (
+               "Train accuracy is measured in inference mode on the training split as "
+               "trained on (corrupted labels included)"
+               if set(train_metrics) <= {"inference mode"} else
+               f"Train accuracy is the {' / '.join(sorted(set(train_metrics)))}, as the "
+               "runs' summaries say (config.final_train_eval=False)")
+           + "; gap = train - test accuracy.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for s in stats:
     cells = [s["point"].label, str(s["n"])]
@@ -239,7 +247,8 @@ def aggregate(sweep: "sweep_lib.Sweep", jobs: Sequence["sweep_lib.Job"],
   written = [sweep_dir / "results.csv", sweep_dir / "results.md"]
   write_csv(table, written[0])
   folds = {job.fold for job in jobs if job.fold is not None}
-  write_markdown(sweep, stats, num_seeds, written[1], cv_folds=len(folds))
+  write_markdown(sweep, stats, num_seeds, written[1], cv_folds=len(folds),
+                 train_metrics=[r["train_metrics"] for r in table])
   if not table:
     return written
   if sweep.analysis:

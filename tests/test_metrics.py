@@ -214,6 +214,14 @@ def test_sweep_table_gains_validation_and_reports_the_test_score_of_the_point_ch
   plain = (tmp_path / "plain.md").read_text()
   assert "val acc" not in plain and "Chosen" not in plain
   assert "| point | seeds | train acc (%) | test acc (%) |" in plain
+  assert "Train accuracy is measured in inference mode" in plain
+  # Runs without a final train evaluation say so, and so does the table.
+  sweep_results.write_markdown(sweep, _stats(sweep, [("a", 0, without)]), 1,
+                               tmp_path / "running.md", train_metrics=[
+                                   "running average over the last log window, training mode"])
+  running = (tmp_path / "running.md").read_text()
+  assert "inference mode" not in running
+  assert "Train accuracy is the running average over the last log window" in running
 
 
 def test_binary_run_end_to_end_on_mnist_0_against_1(data_dir, tmp_path):
