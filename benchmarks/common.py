@@ -20,6 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from research import runtime
+
 
 # --- Timing.
 
@@ -158,17 +160,6 @@ def non_canonical_convolutions(hlo_text: str) -> list[str]:
   return [x for x in labels if x != CANONICAL_CONVOLUTION]
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _has_flag(flag: str) -> bool:
   try:
     with open("/proc/cpuinfo") as f:
@@ -191,7 +182,7 @@ def _version(module: str) -> str | None:
 def machine_description() -> dict:
   """CPU, cores, load, and library versions: printed above every result table."""
   info = {
-      "cpu": cpu_model(),
+      "cpu": runtime.host_cpu(),
       "avx512": _has_flag("avx512f"),
       "cores": os.cpu_count(),
       "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
