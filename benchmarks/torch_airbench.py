@@ -24,6 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from benchmarks import torch_peers
 from research.models import airbench as ours
 from research.training import loop
 
@@ -88,26 +89,21 @@ class Airbench(nn.Module):
     return self.head(torch.amax(h, dim=(2, 3))) * self.logit_scale
 
 
-def count_params(model: nn.Module) -> int:
-  """Trained parameters: the frozen whitening and BatchNorm scales are not."""
-  return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def copy_weights(model, peer: Airbench) -> None:
   """Our nnx airbench model's weights and BatchNorm statistics into `peer`."""
-  as_torch = lambda a: torch.from_numpy(np.array(a, np.float32))
-  conv = lambda k: as_torch(k).permute(3, 2, 0, 1)      # HWIO -> OIHW
+  as_torch = lambda variable: torch.tensor(torch_peers.as_array(variable))
+  conv = lambda kernel: torch.tensor(torch_peers.conv_weight(torch_peers.as_array(kernel)))
   with torch.no_grad():
-    peer.whiten.weight.copy_(conv(model.whiten_kernel[...]))
-    peer.whiten.bias.copy_(as_torch(model.whiten_bias[...]))
+    peer.whiten.weight.copy_(conv(model.whiten_kernel))
+    peer.whiten.bias.copy_(as_torch(model.whiten_bias))
     for block, theirs in zip(model.blocks, peer.blocks):
       for name in ("1", "2"):
-        getattr(theirs, "conv" + name).weight.copy_(conv(getattr(block, "conv" + name).kernel[...]))
+        getattr(theirs, "conv" + name).weight.copy_(conv(getattr(block, "conv" + name).kernel))
         norm, their_norm = getattr(block, "norm" + name), getattr(theirs, "norm" + name)
-        their_norm.bias.copy_(as_torch(norm.bias[...]))
-        their_norm.running_mean.copy_(as_torch(norm.mean[...]))
-        their_norm.running_var.copy_(as_torch(norm.var[...]))
-    peer.head.weight.copy_(as_torch(model.head.kernel[...]).T)
+        their_norm.bias.copy_(as_torch(norm.bias))
+        their_norm.running_mean.copy_(as_torch(norm.mean))
+        their_norm.running_var.copy_(as_torch(norm.var))
+    peer.head.weight.copy_(as_torch(model.head.kernel).T)
 
 
 def param_groups(model: Airbench, config) -> list[dict]:
@@ -173,12 +169,11 @@ def train_recipe(config, dataset, device: str = "cpu") -> dict:
   the timed part, as ours is read from its decode cache."""
   torch.manual_seed(config.seed)
   generator = torch.Generator(device=device).manual_seed(config.seed)
-  mean = torch.tensor(config.normalize_mean, device=device)[None, :, None, None]
-  std = torch.tensor(config.normalize_std, device=device)[None, :, None, None]
-  to_device = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
-  prepare = lambda u8: (to_device(u8).permute(0, 3, 1, 2).float() / 255 - mean) / std
-  train_x, train_y = prepare(dataset.train.images), to_device(dataset.train.labels.astype(np.int64))
-  test_x, test_y = prepare(dataset.test.images), to_device(dataset.test.labels.astype(np.int64))
+  prepare = lambda split: (
+      torch_peers.normalize(torch_peers.to_nchw(split.images), config.normalize_mean,
+                            config.normalize_std).to(device),
+      torch.from_numpy(split.labels.astype(np.int64)).to(device))
+  (train_x, train_y), (test_x, test_y) = prepare(dataset.train), prepare(dataset.test)
   if device.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.cuda.synchronize()

@@ -119,7 +119,8 @@ def create_peer(model: str, input_shape, num_classes: int = 10, **kwargs) -> nn.
 
 
 def count_params(module: nn.Module) -> int:
-  return sum(p.numel() for p in module.parameters())
+  """Trained parameters (frozen ones, such as airbench's whitening, are not)."""
+  return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def to_nchw(images_nhwc: np.ndarray) -> torch.Tensor:
@@ -136,7 +137,7 @@ def normalize(images_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[f
 
 # --- Copying the project's weights into a peer (to prove the architectures are the same).
 
-def _array(variable) -> np.ndarray:
+def as_array(variable) -> np.ndarray:
   return np.asarray(variable[...], dtype=np.float32)
 
 
@@ -149,7 +150,7 @@ def _linear_weight(kernel: np.ndarray, flatten_chw=None) -> np.ndarray:
   return kernel.T
 
 
-def _conv_weight(kernel: np.ndarray) -> np.ndarray:
+def conv_weight(kernel: np.ndarray) -> np.ndarray:
   """flax (kh, kw, in, out) -> torch (out, in, kh, kw)."""
   return kernel.transpose(3, 2, 0, 1)
 
@@ -164,19 +165,19 @@ def copy_weights(ours, peer: nn.Module) -> None:
     param.copy_(value)
 
   def set_linear(theirs, mine, flatten_chw=None):
-    set_(theirs.weight, _linear_weight(_array(mine.kernel), flatten_chw))
+    set_(theirs.weight, _linear_weight(as_array(mine.kernel), flatten_chw))
     if theirs.bias is not None:
-      set_(theirs.bias, _array(mine.bias))
+      set_(theirs.bias, as_array(mine.bias))
 
   for theirs, mine in zip(getattr(peer, "convs", []), getattr(ours, "convs", [])):
-    set_(theirs.weight, _conv_weight(_array(mine.kernel)))
+    set_(theirs.weight, conv_weight(as_array(mine.kernel)))
     if theirs.bias is not None:
-      set_(theirs.bias, _array(mine.bias))
+      set_(theirs.bias, as_array(mine.bias))
   for theirs, mine in zip(getattr(peer, "norms", []), getattr(ours, "norms", [])):
-    set_(theirs.weight, _array(mine.scale))
-    set_(theirs.bias, _array(mine.bias))
-    set_(theirs.running_mean, _array(mine.mean))
-    set_(theirs.running_var, _array(mine.var))
+    set_(theirs.weight, as_array(mine.scale))
+    set_(theirs.bias, as_array(mine.bias))
+    set_(theirs.running_mean, as_array(mine.mean))
+    set_(theirs.running_var, as_array(mine.var))
   hidden = [*getattr(peer, "hidden", []), *getattr(peer, "dense", [])]
   mine_hidden = [*getattr(ours, "hidden", []), *getattr(ours, "dense", [])]
   flatten_chw = getattr(peer, "flatten_chw", None)

@@ -364,7 +364,8 @@ def test_torch_airbench_is_our_network(torch_airbench):
         stat[...] = rng.normal(size=stat.shape).astype(np.float32)
       norm.var[...] = rng.uniform(0.5, 2, size=norm.var.shape).astype(np.float32)
   peer = torch_airbench.Airbench((32, 32, 3), 10, **kwargs)
-  assert torch_airbench.count_params(peer) == sum(
+  from benchmarks import torch_peers
+  assert torch_peers.count_params(peer) == sum(
       x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
   torch_airbench.copy_weights(ours, peer)
   x = torch.from_numpy(images).permute(0, 3, 1, 2)
