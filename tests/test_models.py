@@ -75,10 +75,14 @@ def test_width_multiplier_scales_vgg():
   assert count(big) > 10 * count(small)
 
 
-@pytest.mark.parametrize("name, shape", [("lenet5", (32, 32, 3)), ("vgg", (32, 32, 3))])
-def test_jitted_construction_gives_the_eager_parameters(name, shape):
-  """create_model builds under one jit (one compile instead of one per initialiser op);
-  the parameters are bitwise those of building the module eagerly."""
-  jitted = nnx.state(create_model(name, input_shape=shape, num_classes=10, seed=3))
-  eager = nnx.state(MODELS[name](input_shape=shape, num_classes=10, rngs=nnx.Rngs(params=3)))
+@pytest.mark.parametrize("name, shape, kwargs", [
+    ("mlp", MNIST, {}), ("lenet5", CIFAR, {}), ("vgg", CIFAR, {}),
+    ("airbench", CIFAR, {"widths": (4, 4, 4)})])
+def test_jitted_construction_gives_the_eager_parameters(name, shape, kwargs):
+  """create_model builds under one jit (one compile instead of one per initialiser op),
+  compiled with less optimisation; the parameters are bitwise those of building the
+  module eagerly, op by op fully optimised."""
+  jitted = nnx.state(create_model(name, input_shape=shape, num_classes=10, seed=3, **kwargs))
+  eager = nnx.state(MODELS[name](input_shape=shape, num_classes=10, rngs=nnx.Rngs(params=3),
+                                 **kwargs))
   chex.assert_trees_all_equal(jitted, eager)

@@ -8,6 +8,7 @@ Adding a model is one function and one line in `MODELS`.
 import inspect
 
 from flax import nnx
+import jax
 
 from research.models import airbench
 from research.models import cnn
@@ -72,6 +73,27 @@ def default_kwargs(name: str) -> dict:
   return {k: p.default for k, p in _parameters(name).items() if p.default is not p.empty}
 
 
+# An initialiser runs once, yet XLA can take longer to optimise its unrolled random-number
+# code than a smoke run takes to train (most with several distinct layer shapes).
+# LLVM's first optimisation level compiles it several times faster and gives bitwise the
+# same parameters (tests/test_models.py); level 0 would change their float rounding.
+_INITIALISER_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def _initialise(make):
+  """The module `make()` builds, built under one jit: run eagerly, every initialiser op
+  would compile on its own."""
+  graphdef, _ = nnx.split(nnx.eval_shape(make))
+  build = lambda: nnx.state(make())
+  try:
+    state = jax.jit(build, compiler_options=_INITIALISER_COMPILER_OPTIONS)()
+  except (ValueError, jax.errors.JaxRuntimeError):
+    # Inside another trace (e.g. nnx.eval_shape), where a jit takes no compiler options,
+    # or on a backend that does not take this one.
+    state = jax.jit(build)()
+  return nnx.merge(graphdef, state)
+
+
 def create_model(name: str, *, input_shape, num_classes: int, seed: int = 0, **kwargs):
   """Builds a registered model with parameters initialised from `seed`."""
   try:
@@ -80,11 +102,7 @@ def create_model(name: str, *, input_shape, num_classes: int, seed: int = 0, **k
     raise errors.ConfigError(
         f"Unknown model {name!r}; registered models are {sorted(MODELS)}.") from None
   try:
-    # Built under one jit: run eagerly, every initialiser op would compile on its own.
-    # The parameters are the same either way.
-    build = nnx.jit(lambda: factory(input_shape=tuple(input_shape),
-                                    num_classes=num_classes, rngs=nnx.Rngs(params=seed),
-                                    **kwargs))
-    return build()
+    return _initialise(lambda: factory(input_shape=tuple(input_shape), num_classes=num_classes,
+                                       rngs=nnx.Rngs(params=seed), **kwargs))
   except TypeError as e:
     raise errors.ConfigError(f"Bad hyperparameters for model {name!r}: {e}") from e
