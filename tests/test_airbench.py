@@ -372,11 +372,16 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def test_the_ablation_turns_off_one_trick_per_point(tmp_path):
   """experiments/airbench_ablation.py plans its sweep (every override a valid key of the
-  cpu recipe) and each point differs from the recipe in exactly the keys it names."""
+  recipe) and each point differs from the recipe in exactly the keys it names; the
+  recipe is the main job but for frozen BatchNorm scales, so that the point
+  `bn_scales_trained` is the main job."""
   from experiments import airbench_ablation
   from research import sweep as sweep_lib
   sweep = airbench_ablation.get_sweep()
-  base = recipe.get_config("cpu")
+  base = airbench_ablation.get_config()
+  main_job = _flat(recipe.get_config("cpu").to_dict())
+  assert {k for k, v in _flat(base.to_dict()).items() if main_job[k] != v} == {
+      "model_kwargs.bn_scale"}
   jobs = sweep_lib.plan(sweep, base, tmp_path, sweep.seeds, ["python"], "c.py", {})
   assert len(jobs) == len(airbench_ablation.ABLATIONS) * 3
   before = _flat(base.to_dict())
