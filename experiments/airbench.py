@@ -13,7 +13,8 @@ one off by overriding it):
                                   widths 64-256-256, global max pool, bias-free head x 1/9
   model_kwargs.dirac=True         identity (Dirac) initialisation of the block convs
   model_kwargs.bn_scale=False     BatchNorm scales frozen at 1; momentum 0.4 in flax's
-  model_kwargs.bn_momentum/epsilon  convention (PyTorch's 0.6), epsilon 1e-12
+  model_kwargs.bn_momentum/epsilon  convention (the weight of the old running average;
+                                  the paper's is 0.6, see below), epsilon 1e-12
   bn_bias_lr_multiplier=64        the BatchNorm biases' updates 64x larger
   optimizer='nesterov'            momentum 0.85, lr 1.5 on the mean loss (the paper's 11.5
                                   per 1024 summed examples), weight decay 0.0153 / 11.5 on
@@ -30,7 +31,10 @@ one off by overriding it):
 Known differences from the paper's code: 10 whole epochs instead of 9.9; the whitening
 layer's bias trains throughout instead of for the first 3 epochs only; weight decay
 applies to kernels only (the paper decays the BatchNorm and whitening biases as well);
-GELU is the tanh approximation; float32 everywhere (the paper computes in half precision).
+BatchNorm momentum 0.4 where the paper's BatchNorm(momentum=0.6) is flax's 0.6 (it hands
+PyTorch 1-0.6); Lookahead from the first step (the paper: from epoch 3, and a reset to
+the average at each epoch's end); GELU is the tanh approximation; float32 everywhere (the
+paper computes in half precision).
 
 Variants:
   full     the paper's recipe (also the default).
@@ -42,9 +46,9 @@ Variants:
            experiments/cifar_cnn.py's default.
   smoke    the whole code path at tiny widths on 512 images for two epochs (tests, CI).
 
-Measured accuracy and time, with the machine, for the cpu variant and narrower or shorter
-runs: docs/airbench.md. Not yet measured: the full recipe on a CPU or a GPU, and the
-ablation table (experiments/airbench_ablation.py).
+Measured accuracy and time, with the machine, for the cpu variant, narrower or shorter
+runs and the full recipe on a CPU: docs/airbench.md. Not yet measured: the full recipe on
+a GPU, and the whole ablation table (experiments/airbench_ablation.py).
 """
 
 from research import configs

@@ -90,12 +90,13 @@ class ConvBlock(nnx.Module):
 
 
 class Airbench(nnx.Module):
-  """airbench94's network. `bn_momentum` is flax's (the weight of the old running
-  average: the paper's PyTorch momentum 0.6 is 0.4 here); `bn_scale=False` freezes the
-  BatchNorm scales at 1; `dirac` initialises every block conv as the identity on its
-  first channels; `whiten=False` replaces the frozen whitening by a 2x2 conv of the same
-  shape that trains from PyTorch's default initialisation (the paper's baseline, for the
-  ablation)."""
+  """airbench94's network. `bn_momentum` is flax's, the weight of the old running
+  average (the paper's BatchNorm(momentum=0.6) hands PyTorch 1-0.6, so it is flax's
+  0.6; the default 0.4 is a known difference, docs/airbench.md); `bn_scale=False`
+  freezes the BatchNorm scales at 1; `dirac` initialises every block conv as the
+  identity on its first channels; `whiten=False` replaces the frozen whitening by a 2x2
+  conv of the same shape that trains from PyTorch's default initialisation (the paper's
+  baseline, for the ablation)."""
 
   def __init__(self, *, input_shape, num_classes: int, rngs: nnx.Rngs,
                widths: Sequence[int] = (64, 256, 256), bn_momentum: float = 0.4,
