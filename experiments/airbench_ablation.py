@@ -5,14 +5,15 @@
 
 The recipe is the paper's at experiments/airbench.py's `cpu` widths (about 20 minutes on
 this project's 2-core CPU): the main job with BatchNorm scales frozen, as the paper has
-them, so that its point `bn_scales_trained` is the main job itself. Each point below overrides the config keys of one trick
-(docs/airbench.md lists them), 3 seeds each. results.md gives test accuracy, mean ± std,
-one row per point; the row `recipe` has every trick on. Test-time augmentation changes
-no weight, so its two rows train nothing: they re-evaluate the recipe's runs with less
-of it (`--config.mode=eval --config.tta=...`), which scores exactly as a run trained
-with that `tta` would (tests/test_airbench.py), and saves 2 runs in 12. The paper
-measures each trick by the epochs it saves to reach 94% at full width;
-docs/studies/airbench_ablation/notes.md sets those figures beside these rows.
+them, so that its point `bn_scales_trained` is the main job itself. Each point below
+overrides the config keys of one trick (docs/airbench.md lists them), 3 seeds each.
+results.md gives test accuracy, mean ± std, one row per point; the row `recipe` has
+every trick on. Test-time augmentation changes no weight, so its two rows train nothing:
+they re-evaluate the recipe's runs with less of it (`--config.mode=eval
+--config.tta=...`), which scores exactly as a run trained with that `tta` would
+(tests/test_airbench.py), and saves 2 runs in 12. The paper measures each trick by the
+epochs it saves to reach 94% at full width; docs/studies/airbench_ablation/notes.md sets
+those figures beside these rows.
 
 Variants:
   default  the paper's recipe at the `cpu` widths, 3 seeds.
