@@ -14,7 +14,7 @@ one off by overriding it):
   model_kwargs.dirac=True         identity (Dirac) initialisation of the block convs
   model_kwargs.bn_scale=False     BatchNorm scales frozen at 1; momentum 0.4 in flax's
   model_kwargs.bn_momentum/epsilon  convention (the weight of the old running average;
-                                  the paper's is 0.6, see below), epsilon 1e-12
+                                  the paper's is 0.6: a known difference), epsilon 1e-12
   bn_bias_lr_multiplier=64        the BatchNorm biases' updates 64x larger
   optimizer='nesterov'            momentum 0.85, lr 1.5 on the mean loss (the paper's 11.5
                                   per 1024 summed examples), weight decay 0.0153 / 11.5 on
@@ -28,13 +28,8 @@ one off by overriding it):
                                   evaluation and the served model use the average
   tta='flip_translate'            6 test-time views: mirror and 1-pixel shifts
 
-Known differences from the paper's code: 10 whole epochs instead of 9.9; the whitening
-layer's bias trains throughout instead of for the first 3 epochs only; weight decay
-applies to kernels only (the paper decays the BatchNorm and whitening biases as well);
-BatchNorm momentum 0.4 where the paper's BatchNorm(momentum=0.6) is flax's 0.6 (it hands
-PyTorch 1-0.6); Lookahead from the first step (the paper: from epoch 3, and a reset to
-the average at each epoch's end); GELU is the tanh approximation; float32 everywhere (the
-paper computes in half precision).
+Known differences from the paper's code, and what each is measured to cost where it is:
+docs/airbench.md ("Each trick is a config key").
 
 Variants:
   full     the paper's recipe (also the default).

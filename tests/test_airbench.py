@@ -379,12 +379,11 @@ def test_the_ablation_turns_off_one_trick_per_point(tmp_path):
   from research import sweep as sweep_lib
   sweep = airbench_ablation.get_sweep()
   base = airbench_ablation.get_config()
+  before = _flat(base.to_dict())
   main_job = _flat(recipe.get_config("cpu").to_dict())
-  assert {k for k, v in _flat(base.to_dict()).items() if main_job[k] != v} == {
-      "model_kwargs.bn_scale"}
+  assert {k for k, v in before.items() if main_job[k] != v} == {"model_kwargs.bn_scale"}
   jobs = sweep_lib.plan(sweep, base, tmp_path, sweep.seeds, ["python"], "c.py", {})
   assert len(jobs) == len(airbench_ablation.ABLATIONS) * 3
-  before = _flat(base.to_dict())
   for job in jobs:
     after = _flat(job.config.to_dict())
     changed = {k for k, v in after.items() if k != "seed" and before[k] != v}
