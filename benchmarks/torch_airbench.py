@@ -107,13 +107,16 @@ def copy_weights(model, peer: Airbench) -> None:
 
 
 def param_groups(model: Airbench, config) -> list[dict]:
-  """Kernels with the decay; BatchNorm biases at the multiplied rate; the whitening bias."""
-  lr = config.learning_rate
+  """Kernels with the decay; BatchNorm biases at the multiplied rate; the whitening bias.
+  With `decay_all_params` the biases decay as much per step as the kernels."""
+  lr, wd = config.learning_rate, config.weight_decay
+  bias_wd = wd if config.decay_all_params else 0.0
   kernels = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
   norm_biases = [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-  return [{"params": kernels, "lr": lr, "weight_decay": config.weight_decay},
-          {"params": norm_biases, "lr": lr * config.bn_bias_lr_multiplier, "weight_decay": 0.0},
-          {"params": [model.whiten.bias], "lr": lr, "weight_decay": 0.0}]
+  return [{"params": kernels, "lr": lr, "weight_decay": wd},
+          {"params": norm_biases, "lr": lr * config.bn_bias_lr_multiplier,
+           "weight_decay": bias_wd / config.bn_bias_lr_multiplier},
+          {"params": [model.whiten.bias], "lr": lr, "weight_decay": bias_wd}]
 
 
 def triangular(config, total: int):
@@ -192,6 +195,8 @@ def train_recipe(config, dataset, device: str = "cpu") -> dict:
   step = 0
   model.train()
   for epoch in range(config.num_epochs):
+    if config.whiten_bias_epochs:   # no gradient, so SGD leaves it as it is
+      model.whiten.bias.requires_grad = epoch < config.whiten_bias_epochs
     order = torch.randperm(n, device=device, generator=generator)
     for i in range(n // batch):
       idx = order[i * batch:(i + 1) * batch]

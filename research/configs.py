@@ -125,6 +125,12 @@ def base_config() -> ml_collections.ConfigDict:
   # optimizer='muon': conv kernels (4-D) by optax.contrib.muon at this peak learning rate
   # (the schedule's shape), everything else by Nesterov SGD at learning_rate.
   c.muon_learning_rate = 0.05
+  # Two more of the paper's code's choices, off here by default (docs/airbench.md): weight
+  # decay on every parameter, not on kernels only (the BatchNorm biases' divided by
+  # bn_bias_lr_multiplier: the same decay per step as the rest), and the whitening bias
+  # frozen after whiten_bias_epochs epochs (0 = trained throughout).
+  c.decay_all_params = False
+  c.whiten_bias_epochs = 0
   # Weight averaging: every averaging_every steps, average <- d * average + (1 - d) *
   # weights, with d = averaging_decay * (step / total steps) ** averaging_decay_power;
   # lookahead also sets the weights to the average. Evaluation, checkpoints' served model
@@ -292,7 +298,8 @@ def _check_speed_run(config) -> None:
   for key in ("bn_bias_lr_multiplier", "averaging_every", "muon_learning_rate",
               "whitening_examples"):
     _check_positive(config, key)
-  for key in ("lr_start_factor", "lr_end_factor", "averaging_decay_power"):
+  for key in ("lr_start_factor", "lr_end_factor", "averaging_decay_power",
+              "whiten_bias_epochs"):
     _check_positive(config, key, allow_zero=True)
   for key in ("lr_peak_fraction", "averaging_decay"):
     if not 0 <= config[key] < 1:

@@ -1,6 +1,7 @@
 """Optimisers and learning-rate schedules from the config, all from optax."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -52,11 +53,28 @@ def _decay_mask(params):
   return jax.tree.map(is_kernel, params)
 
 
+def _decayed_weights(config: ml_collections.ConfigDict):
+  """Weight decay added to the gradient: on the kernels; with `decay_all_params` on
+  every parameter, the BatchNorm biases' divided by `bn_bias_lr_multiplier`, so that
+  once their update is scaled up they decay as much per step as the rest (airbench's
+  `weight_decay=wd/lr_biases`)."""
+  wd = config.weight_decay
+  if not config.decay_all_params:
+    return optax.add_decayed_weights(wd, mask=_decay_mask)
+  others = lambda params: jax.tree.map(lambda b: not b, _batch_norm_bias_mask(params))
+  return optax.chain(
+      optax.add_decayed_weights(wd, mask=others),
+      optax.add_decayed_weights(wd / config.bn_bias_lr_multiplier,
+                                mask=_batch_norm_bias_mask))
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Returns (optax transformation, learning-rate schedule).
 
   `weight_decay` is decoupled for adamw (Loshchilov & Hutter). For every other optimiser
   it is added to the gradient before the update, as PyTorch's `weight_decay` does.
+  Keys left at their defaults add nothing to the chain, so the optimiser state of runs
+  saved before a key existed is unchanged.
   """
   schedule = create_schedule(config, steps_per_epoch)
   name, wd = config.optimizer, config.weight_decay
@@ -70,7 +88,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     tx = optax.adam(schedule, b1=config.beta1, b2=config.beta2, eps=config.eps)
   elif name == "adamw":
     tx = optax.adamw(schedule, b1=config.beta1, b2=config.beta2, eps=config.eps,
-                     weight_decay=wd, mask=_decay_mask)
+                     weight_decay=wd, mask=None if config.decay_all_params else _decay_mask)
   elif name == "rmsprop":
     tx = optax.rmsprop(schedule, decay=config.rmsprop_decay, eps=config.eps)
   elif name == "adadelta":
@@ -80,10 +98,13 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   else:
     raise errors.ConfigError(f"config.optimizer={name!r} is unknown; choose one of {OPTIMIZERS}.")
   if wd and name != "adamw":
-    tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
-  if config.bn_bias_lr_multiplier != 1:   # after the rest: any optimiser, no decay on them
+    tx = optax.chain(_decayed_weights(config), tx)
+  if config.bn_bias_lr_multiplier != 1:   # after the rest: any optimiser
     tx = optax.chain(tx, optax.masked(optax.scale(config.bn_bias_lr_multiplier),
                                       _batch_norm_bias_mask))
+  if config.whiten_bias_epochs:
+    tx = optax.chain(tx, _frozen_from(config.whiten_bias_epochs * steps_per_epoch,
+                                      _whitening_bias_mask))
   tx = _per_part(config, tx)
   if config.prune_sparsity:   # last, so that nothing before it moves a pruned weight
     tx = optax.chain(tx, compression.hold_pruned())
@@ -96,6 +117,22 @@ def _batch_norm_bias_mask(params):
     names = path_names(path)
     return "bias" in names and any(n.startswith("norm") for n in names)
   return jax.tree_util.tree_map_with_path(is_bias, params)
+
+
+def _whitening_bias_mask(params):
+  """The airbench model's whitening bias (research/models/airbench.py)."""
+  if "whiten_bias" not in params:
+    raise errors.ConfigError("config.whiten_bias_epochs is set, but the model has no "
+                             "whitening bias (only model 'airbench' does): leave it at 0.")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path_names(path[:1]) == ["whiten_bias"], params)
+
+
+def _frozen_from(steps: int, mask):
+  """No update to the parameters in `mask` from update number `steps` on (counting from
+  0): they keep their values from then, as PyTorch's `requires_grad=False` keeps them."""
+  return optax.masked(
+      optax.scale_by_schedule(lambda count: jnp.where(count < steps, 1.0, 0.0)), mask)
 
 
 def _muon_for_conv_kernels(config, schedule):

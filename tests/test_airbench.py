@@ -346,6 +346,49 @@ def test_triangular_schedule_bn_bias_multiplier_and_muon():
   assert singular.max() / singular.min() < 3
 
 
+def _first_updates(config, grads, steps=1):
+  """The updates of `steps` calls of the config's optimiser, from all-ones parameters."""
+  params = {"whiten_bias": jnp.ones(3), "norm": {"bias": jnp.ones(4)},
+            "conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "head": {"bias": jnp.ones(2)}}
+  tx, _ = optim.create_optimizer(config, steps_per_epoch=2)
+  state, updates = tx.init(params), []
+  for _ in range(steps):
+    update, state = tx.update(grads(params), state, params)
+    updates.append(update)
+  return updates
+
+
+def test_decay_all_params_decays_every_parameter_as_much_per_step():
+  c = configs.base_config()
+  c.optimizer, c.learning_rate, c.weight_decay, c.bn_bias_lr_multiplier = "sgd", 1.0, 0.1, 4.0
+  zero = lambda params: jax.tree.map(jnp.zeros_like, params)
+  kernels_only, = _first_updates(c, zero)
+  c.decay_all_params = True
+  everything, = _first_updates(c, zero)
+  np.testing.assert_allclose(kernels_only["conv"]["kernel"], -0.1)
+  for name in ("whiten_bias", "norm", "head"):
+    np.testing.assert_array_equal(jax.tree.leaves(kernels_only[name])[0], 0.0)
+  # The BatchNorm biases' decay is 0.1 / 4, then their update is x 4: 0.1 per step too.
+  for leaf in jax.tree.leaves(everything):
+    np.testing.assert_allclose(leaf, -0.1, rtol=1e-6)
+
+
+def test_whitening_bias_is_frozen_after_its_epochs():
+  c = configs.base_config()
+  c.optimizer, c.learning_rate, c.whiten_bias_epochs = "sgd", 1.0, 1   # 2 steps an epoch
+  updates = _first_updates(c, lambda params: jax.tree.map(jnp.ones_like, params), steps=4)
+  assert [float(u["whiten_bias"][0]) for u in updates] == [-1.0, -1.0, 0.0, 0.0]
+  assert all(float(u["head"]["bias"][0]) == -1.0 for u in updates)
+  params = lambda name, **kw: nnx.state(nnx.eval_shape(lambda: MODELS[name](
+      input_shape=(32, 32, 3), num_classes=10, rngs=nnx.Rngs(params=0), **kw)), nnx.Param)
+  mask = optim._whitening_bias_mask(params("airbench", widths=(4, 4, 4)))
+  selected = [jax.tree_util.keystr(path) for path, leaf
+              in jax.tree_util.tree_flatten_with_path(mask)[0] if leaf]
+  assert len(selected) == 1 and selected[0].startswith("['whiten_bias']"), selected
+  with pytest.raises(errors.ConfigError, match="whiten_bias_epochs"):
+    optim.create_optimizer(c, 2)[0].init(params("vgg"))
+
+
 def test_smoke_variant_runs_from_the_command_line(tiny_folder, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.airbench", "--config=experiments/airbench.py:smoke",
