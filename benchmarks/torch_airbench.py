@@ -5,7 +5,8 @@ part `full_variant_torch`).
 Everything comes from our config, so the two programs train the same network with the
 same hyper-parameters: the frozen 2x2 patch whitening from the same filters
 (research/models/airbench.py `whitening_filters`, on the same images), Dirac-initialised
-block convs, BatchNorm with frozen scales (PyTorch momentum 1 - flax's), GELU (tanh
+block convs, BatchNorm with frozen scales, or trained ones for `bn_scale` (the main job),
+(PyTorch momentum 1 - flax's), GELU (tanh
 form), global max pool and a bias-free head times `logit_scale`; Nesterov SGD with the
 decay added to the kernels' gradients and the BatchNorm biases' learning rate times
 `bn_bias_lr_multiplier`; the triangular schedule per step; label smoothing; 2-pixel
@@ -36,14 +37,15 @@ def gelu(x):
 class ConvBlock(nn.Module):
   """Conv -> MaxPool 2 -> BatchNorm -> GELU -> Conv -> BatchNorm -> GELU."""
 
-  def __init__(self, in_ch: int, out_ch: int, momentum: float, eps: float, dirac: bool):
+  def __init__(self, in_ch: int, out_ch: int, momentum: float, eps: float, dirac: bool,
+               scale: bool):
     super().__init__()
     self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
     self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
     self.norm1 = nn.BatchNorm2d(out_ch, eps=eps, momentum=momentum)
     self.norm2 = nn.BatchNorm2d(out_ch, eps=eps, momentum=momentum)
     for norm in (self.norm1, self.norm2):
-      norm.weight.requires_grad = False      # scales frozen at 1
+      norm.weight.requires_grad = scale      # frozen at 1 unless bn_scale
     if dirac:
       for conv in (self.conv1, self.conv2):
         n = min(conv.in_channels, conv.out_channels)
@@ -63,16 +65,15 @@ class Airbench(nn.Module):
                dirac: bool = True, whiten: bool = True, logit_scale: float = 1 / 9,
                whitening_eps: float = 5e-4, compute_dtype: str = "float32"):
     super().__init__()
-    if bn_scale or not whiten or compute_dtype != "float32":
-      raise ValueError("the PyTorch airbench mirrors the recipe: frozen BatchNorm scales, "
-                       "whitening, float32")
+    if not whiten or compute_dtype != "float32":
+      raise ValueError("the PyTorch airbench mirrors the recipe: whitening, float32")
     c = input_shape[-1]
     self.whiten = nn.Conv2d(c, 8 * c, 2, bias=True)
     self.whiten.weight.requires_grad = False
     nn.init.zeros_(self.whiten.bias)
     self.logit_scale, self.whitening_eps = logit_scale, whitening_eps
     ins = [8 * c, *widths[:-1]]
-    self.blocks = nn.ModuleList(ConvBlock(i, o, 1 - bn_momentum, bn_epsilon, dirac)
+    self.blocks = nn.ModuleList(ConvBlock(i, o, 1 - bn_momentum, bn_epsilon, dirac, bn_scale)
                                 for i, o in zip(ins, widths))
     self.head = nn.Linear(widths[-1], num_classes, bias=False)
 
@@ -101,6 +102,8 @@ def copy_weights(model, peer: Airbench) -> None:
         getattr(theirs, "conv" + name).weight.copy_(conv(getattr(block, "conv" + name).kernel))
         norm, their_norm = getattr(block, "norm" + name), getattr(theirs, "norm" + name)
         their_norm.bias.copy_(as_torch(norm.bias))
+        if norm.scale is not None:
+          their_norm.weight.copy_(as_torch(norm.scale))
         their_norm.running_mean.copy_(as_torch(norm.mean))
         their_norm.running_var.copy_(as_torch(norm.var))
     peer.head.weight.copy_(as_torch(model.head.kernel).T)

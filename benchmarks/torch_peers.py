@@ -115,6 +115,9 @@ def create_peer(model: str, input_shape, num_classes: int = 10, **kwargs) -> nn.
   if model == "vgg":
     return VGG(input_shape, num_classes, widths=tuple(kwargs.get("widths", (16, 32, 64))),
                convs_per_block=int(kwargs.get("convs_per_block", 2)))
+  if model == "airbench":   # its own module, which builds on this one
+    from benchmarks import torch_airbench
+    return torch_airbench.Airbench(input_shape, num_classes, **kwargs)
   raise ValueError(f"no PyTorch peer for model {model!r}")
 
 

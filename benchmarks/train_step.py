@@ -47,7 +47,8 @@ from research import normalization
 from research.training.state import count_params
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["s1", "s2", "s4", "vgg"], "Models: s1, s2, s4, vgg.")
+flags.DEFINE_list("models", ["s1", "s2", "s4", "vgg"],
+                  "Models: s1, s2, s4, vgg, airbench (the main job; a torch peer only).")
 flags.DEFINE_list("batch_sizes", ["32", "128", "512"], "Batch sizes.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats of each candidate (interleaved).")
 flags.DEFINE_integer("steps", 0, "Steps per repeat; 0 = calibrated to --target_s.")
@@ -139,6 +140,7 @@ def available_peers(requested: list[str], explicit: bool) -> list[str]:
 
 def benchmark(key: str, batch: int, peers: list[str]) -> dict:
   work = WORKLOADS[key]
+  peers = [p for p in peers if p in work.peers]
   config = work.get_config()
   data = synthetic_data(work.input_shape, batch)
   # The peers normalise as ours: with the values measured on this data for 'auto'.

@@ -1,4 +1,4 @@
-"""The benchmark workloads (the seed models with their recipes' configs), synthetic data
+"""The benchmark workloads (the seed models and the main job with their configs), synthetic data
 of their input shapes, and our train step built as the train loop builds it; shared by
 benchmarks/train_step.py and benchmarks/profile_step.py."""
 
@@ -22,6 +22,7 @@ class Workload:
   label: str
   input_shape: tuple[int, int, int]
   get_config: object
+  peers: tuple[str, ...] = ("torch", "keras")   # the frameworks it has a peer in
 
 
 WORKLOADS = {
@@ -29,6 +30,8 @@ WORKLOADS = {
     "s2": Workload("S2 MNIST CNN", (28, 28, 1), mnist_cnn.get_config),
     "s4": Workload("S4 LeNet-5", (32, 32, 3), lambda: cifar_cnn.get_config("lenet")),
     "vgg": Workload("VGG 16-32-64 BN", (32, 32, 3), lambda: cifar_cnn.get_config("vgg")),
+    "airbench": Workload("airbench 48-96-96 (main job)", (32, 32, 3), cifar_cnn.get_config,
+                         peers=("torch",)),
 }
 NUM_CLASSES = 10
 
@@ -73,7 +76,8 @@ def build_ours(config, shape, batch, data) -> OurStep:
   num_batches = len(labels_np) // batch
   tx, _ = optim.create_optimizer(config, steps_per_epoch=num_batches)
   tuned = tuning.for_mesh(mesh, config)
-  state = jax.device_put(create_train_state(model, tx, tuned.model_fn),
+  state = jax.device_put(create_train_state(model, tx, tuned.model_fn,
+                                            config.weight_averaging != "none"),
                          sharding.replicated(mesh))
   arrays = jax.device_put((images_np, labels_np, perm_np), sharding.replicated(mesh))
   # The recipe's micro-batch size (research/configs.py) applies at every batch size

@@ -345,14 +345,17 @@ def torch_airbench():
   return _peers_or_skip("benchmarks.torch_airbench", "torch")
 
 
-def test_torch_airbench_is_our_network(torch_airbench):
+@pytest.mark.parametrize("bn_scale", [False, True])
+def test_torch_airbench_is_our_network(torch_airbench, bn_scale):
   """The same trained parameter count, and our logits from our weights and BatchNorm
   statistics copied in (set at random first, so that a swapped or dropped one shows), in
-  inference mode and with batch statistics."""
+  inference mode and with batch statistics; with the recipe's frozen BatchNorm scales
+  and with the main job's trained ones."""
   import torch
   from experiments import airbench as recipe
   # Equal widths: XLA:CPU compiles the initialiser of unequal ones (8, 12, 16) 10x slower.
-  kwargs = dict(recipe.get_config("smoke").model_kwargs, widths=(16, 16, 16))
+  kwargs = dict(recipe.get_config("smoke").model_kwargs, widths=(16, 16, 16),
+                bn_scale=bn_scale)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(6, 32, 32, 3)).astype(np.float32)
   ours = create_model("airbench", input_shape=(32, 32, 3), num_classes=10, seed=2, **kwargs)
@@ -360,7 +363,7 @@ def test_torch_airbench_is_our_network(torch_airbench):
   ours.whiten_bias[...] = rng.normal(size=ours.whiten_bias.shape).astype(np.float32)
   for block in ours.blocks:
     for norm in (block.norm1, block.norm2):
-      for stat in (norm.bias, norm.mean):
+      for stat in (norm.bias, norm.mean) + ((norm.scale,) if bn_scale else ()):
         stat[...] = rng.normal(size=stat.shape).astype(np.float32)
       norm.var[...] = rng.uniform(0.5, 2, size=norm.var.shape).astype(np.float32)
   peer = torch_airbench.Airbench((32, 32, 3), 10, **kwargs)
