@@ -5,11 +5,12 @@ part `full_variant_torch`).
 Everything comes from our config, so the two programs train the same network with the
 same hyper-parameters: the frozen 2x2 patch whitening from the same filters
 (research/models/airbench.py `whitening_filters`, on the same images), Dirac-initialised
-block convs, BatchNorm with frozen scales, or trained ones for `bn_scale` (the main job),
-(PyTorch momentum 1 - flax's), GELU (tanh
-form), global max pool and a bias-free head times `logit_scale`; Nesterov SGD with the
-decay added to the kernels' gradients and the BatchNorm biases' learning rate times
-`bn_bias_lr_multiplier`; the triangular schedule per step; label smoothing; 2-pixel
+block convs, BatchNorm (PyTorch momentum 1 - flax's) with frozen scales, or trained ones
+with `bn_scale` (the main job), GELU (tanh form), global max pool and a bias-free head
+times `logit_scale`; Nesterov SGD with the decay added to the kernels' gradients (and
+to the biases' with `decay_all_params`), the BatchNorm biases' learning rate times
+`bn_bias_lr_multiplier` and the whitening bias frozen after `whiten_bias_epochs`; the
+triangular schedule per step; label smoothing; 2-pixel
 reflect translation and alternating flips, on the device; Lookahead of the weights and
 BatchNorm statistics; and the 6-view test-time augmentation. The random draws are
 PyTorch's, so the two runs agree in distribution, not to the bit.
