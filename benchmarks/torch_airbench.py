@@ -78,7 +78,7 @@ class Airbench(nn.Module):
                                 for i, o in zip(ins, widths))
     self.head = nn.Linear(widths[-1], num_classes, bias=False)
     # NHWC, as the paper's code: the layout of PyTorch's fast convolutions (oneDNN on a
-    # CPU, where NCHW measured about half as fast here; cuDNN's tensor cores on a GPU).
+    # CPU, where NCHW trained 0.7x as fast, docs/performance.md; cuDNN's on a GPU).
     self.to(memory_format=torch.channels_last)
 
   def init_from_data(self, images_nhwc: np.ndarray) -> None:
