@@ -87,8 +87,9 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   elif name == "adam":
     tx = optax.adam(schedule, b1=config.beta1, b2=config.beta2, eps=config.eps)
   elif name == "adamw":
-    tx = optax.adamw(schedule, b1=config.beta1, b2=config.beta2, eps=config.eps,
-                     weight_decay=wd, mask=None if config.decay_all_params else _decay_mask)
+    # optax.adamw's chain, with the decay's masks and scales of the other optimisers.
+    tx = optax.chain(optax.scale_by_adam(b1=config.beta1, b2=config.beta2, eps=config.eps),
+                     _decayed_weights(config), optax.scale_by_learning_rate(schedule))
   elif name == "rmsprop":
     tx = optax.rmsprop(schedule, decay=config.rmsprop_decay, eps=config.eps)
   elif name == "adadelta":

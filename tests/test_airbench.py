@@ -10,6 +10,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import REPO
@@ -371,6 +372,30 @@ def test_decay_all_params_decays_every_parameter_as_much_per_step():
   # The BatchNorm biases' decay is 0.1 / 4, then their update is x 4: 0.1 per step too.
   for leaf in jax.tree.leaves(everything):
     np.testing.assert_allclose(leaf, -0.1, rtol=1e-6)
+
+
+def test_adamw_is_optaxs_and_decays_batch_norm_biases_as_much_per_step():
+  """adamw built from its parts, for the shared decay masks: optax.adamw's state and
+  updates to the bit, and with decay_all_params the BatchNorm biases decay per step
+  as much as the rest, not x bn_bias_lr_multiplier."""
+  c = configs.base_config()
+  c.optimizer, c.learning_rate, c.weight_decay, c.num_epochs = "adamw", 0.01, 0.1, 2
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "norm": {"bias": jnp.ones(4)}}
+  grads = jax.tree.map(lambda p: 0.3 * p, params)
+  tx, schedule = optim.create_optimizer(c, steps_per_epoch=5)
+  ref = optax.adamw(schedule, b1=c.beta1, b2=c.beta2, eps=c.eps, weight_decay=0.1,
+                    mask=optim._decay_mask)
+  ours, theirs = tx.init(params), ref.init(params)
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  for _ in range(3):
+    mine, ours = tx.update(grads, ours, params)
+    expected, theirs = ref.update(grads, theirs, params)
+    jax.tree.map(np.testing.assert_array_equal, mine, expected)
+  c.decay_all_params, c.bn_bias_lr_multiplier = True, 4.0
+  zero = lambda params: jax.tree.map(jnp.zeros_like, params)
+  update, = _first_updates(c, zero)   # zero gradients: the update is the decay alone
+  for leaf in jax.tree.leaves(update):
+    np.testing.assert_allclose(leaf, -0.01 * 0.1, rtol=1e-5)   # lr x weight decay
 
 
 def test_whitening_bias_is_frozen_after_its_epochs():
