@@ -10,10 +10,10 @@ with `bn_scale` (the main job), GELU (tanh form), global max pool and a bias-fre
 times `logit_scale`; Nesterov SGD with the decay added to the kernels' gradients (and
 to the biases' with `decay_all_params`), the BatchNorm biases' learning rate times
 `bn_bias_lr_multiplier` and the whitening bias frozen after `whiten_bias_epochs`; the
-triangular schedule per step; label smoothing; 2-pixel
-reflect translation and alternating flips, on the device; Lookahead of the weights and
-BatchNorm statistics; and the 6-view test-time augmentation. The random draws are
-PyTorch's, so the two runs agree in distribution, not to the bit.
+triangular schedule per step; label smoothing; 2-pixel reflect translation and
+alternating flips, on the device; Lookahead of the weights and BatchNorm statistics;
+and the 6-view test-time augmentation. The random draws are PyTorch's, so the two runs
+agree in distribution, not to the bit.
 tests/test_benchmarks.py checks the parameter count and, with our weights copied in,
 the logits.
 """
