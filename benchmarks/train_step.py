@@ -77,6 +77,9 @@ def torch_peer(config, shape, batch, data):
   torch.manual_seed(0)
   model = torch_peers.create_peer(config.model, shape, NUM_CLASSES,
                                   **configs.model_kwargs(config))
+  params = torch_peers.count_params(model)
+  if config.whiten_bias_epochs:   # frozen: PyTorch then skips its gradient
+    model.whiten.bias.requires_grad_(False)
   step = torch_peers.make_train_step(
       model, torch_peers.create_optimizer(config, model), tuple(config.normalize_mean),
       tuple(config.normalize_std), float(config.label_smoothing))
@@ -91,7 +94,7 @@ def torch_peer(config, shape, batch, data):
       idx = perm[j * batch:(j + 1) * batch]
       step(x[idx], y[idx])
 
-  return common.timed(loop), torch_peers.count_params(model)
+  return common.timed(loop), params
 
 
 def keras_peer(config, shape, batch, data):

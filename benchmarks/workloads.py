@@ -32,8 +32,20 @@ WORKLOADS = {
     "vgg": Workload("VGG 16-32-64 BN", (32, 32, 3), lambda: cifar_cnn.get_config("vgg")),
     "airbench": Workload("airbench 48-96-96 (main job)", (32, 32, 3), cifar_cnn.get_config,
                          peers=("torch",)),
+    # The same once config.whiten_bias_epochs has frozen the whitening bias: each side
+    # then skips the gradient through the first layer. Frozen from step 1 (the step's
+    # epoch is one step here), so that every timed step is; the peer's from the start.
+    "airbench_frozen_bias": Workload("airbench 48-96-96, whitening bias frozen", (32, 32, 3),
+                                     lambda: _with(cifar_cnn.get_config(),
+                                                   whiten_bias_epochs=1),
+                                     peers=("torch",)),
 }
 NUM_CLASSES = 10
+
+
+def _with(config, **overrides):
+  config.update(overrides)
+  return config
 
 
 def synthetic_data(shape, batch: int, seed: int = 0):

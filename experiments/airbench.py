@@ -16,6 +16,8 @@ one off by overriding it):
   model_kwargs.bn_momentum/epsilon  convention (the weight of the old running average;
                                   the paper's is 0.6: a known difference), epsilon 1e-12
   bn_bias_lr_multiplier=64        the BatchNorm biases' updates 64x larger
+  whiten_bias_epochs=3            the whitening bias frozen after 3 epochs, which spares
+                                  each later step the gradient through the first layer
   optimizer='nesterov'            momentum 0.85, lr 1.5 on the mean loss (the paper's 11.5
                                   per 1024 summed examples), weight decay 0.0153 / 11.5 on
                                   the gradient: the paper's decay, which it divides by the
@@ -61,6 +63,7 @@ def _full():
   c.optimizer, c.momentum = "nesterov", 0.85
   c.learning_rate, c.weight_decay = 1.5, 0.0153 / 11.5
   c.bn_bias_lr_multiplier = 64.0
+  c.whiten_bias_epochs = 3
   c.lr_schedule = "triangular"
   c.lr_start_factor, c.lr_peak_fraction, c.lr_end_factor = 0.2, 0.23, 0.07
   c.label_smoothing = 0.2

@@ -128,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Two more of the paper's code's choices, off here by default (docs/airbench.md): weight
   # decay on every parameter, not on kernels only (the BatchNorm biases' divided by
   # bn_bias_lr_multiplier: the same decay per step as the rest), and the whitening bias
-  # frozen after whiten_bias_epochs epochs (0 = trained throughout).
+  # frozen after whiten_bias_epochs epochs (0 = trained throughout), which also spares
+  # each later step the gradient through the first layer (docs/performance.md).
   c.decay_all_params = False
   c.whiten_bias_epochs = 0
   # Weight averaging: every averaging_every steps, average <- d * average + (1 - d) *

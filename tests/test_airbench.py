@@ -1,6 +1,8 @@
 """The speed-run recipe's building blocks (issue 16, experiments/airbench.py): each trick
 on tiny synthetic data, and the recipe's code path end to end."""
 
+import dataclasses
+import functools
 import json
 import shutil
 import subprocess
@@ -25,8 +27,8 @@ from research.models import MODELS
 from research.models import create_model
 from research.training import averaging
 from research.training import loop
-from research.training.state import TrainState
-from research.training.step import StepConfig, eval_step
+from research.training.state import TrainState, create_train_state
+from research.training.step import StepConfig, eval_step, train_step
 
 
 def correlated_images(n=24, size=12, seed=0) -> np.ndarray:
@@ -253,10 +255,11 @@ def _assert_trees_equal(a, b):
 
 
 def test_a_lookahead_run_serves_its_average_and_resumes_exactly(tiny_folder, tmp_path):
-  """6 steps, the average updated at step 4. The run keeps the whitening it computed
-  from its training images, serves the averaged weights, and a run stopped after step 5
-  (checkpoint at step 3) resumes to the same weights, average and metrics, bitwise."""
-  config = tiny_recipe(tiny_folder, checkpoint_every_steps=3)
+  """6 steps, the average updated at step 4, the whitening bias frozen from step 3. The
+  run keeps the whitening it computed from its training images, serves the averaged
+  weights, and a run stopped after step 5 (checkpoint at step 3) resumes to the same
+  weights, average and metrics, bitwise."""
+  config = tiny_recipe(tiny_folder, checkpoint_every_steps=3, whiten_bias_epochs=1)
   reference, summary = loop.run_training(config, tmp_path / "reference")
   average = reference.average
   whitening = np.asarray(reference.batch_stats["whiten_kernel"])
@@ -274,6 +277,7 @@ def test_a_lookahead_run_serves_its_average_and_resumes_exactly(tiny_folder, tmp
   with pytest.raises(KeyboardInterrupt):
     loop.run_training(config, tmp_path / "run", loop.Hooks(at_step={5: stop}))
   resumed, _ = loop.run_training(config, tmp_path / "run")
+  assert np.abs(np.asarray(reference.params["whiten_bias"][...])).max() > 0  # 3 steps' worth
   for tree in ("params", "batch_stats", "average", "opt_state"):
     _assert_trees_equal(getattr(resumed, tree), getattr(reference, tree))
   lines = lambda d: [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"}
@@ -414,6 +418,42 @@ def test_whitening_bias_is_frozen_after_its_epochs():
     optim.create_optimizer(c, 2)[0].init(params("vgg"))
 
 
+def test_a_frozen_whitening_bias_takes_no_gradient_and_changes_no_weight():
+  """Once whiten_bias_epochs freezes the whitening bias, the step takes no gradient
+  through the first layer: its branch has one convolution fewer (the gradient to the
+  first block's input). The weights are those of the step that computes that gradient
+  for the optimiser to drop, up to float rounding (the branches compile apart), and the
+  bias stops moving."""
+  c = recipe.get_config("smoke")
+  c.whiten_bias_epochs = 1
+  cfg = StepConfig.from_config(c, steps_per_epoch=2)
+  assert (cfg.frozen_params, cfg.frozen_from_step) == (("whiten_bias",), 2)
+  assert StepConfig.from_config(configs.base_config()).frozen_params == ()
+  cfg = StepConfig(frozen_params=("whiten_bias",), frozen_from_step=2)
+  model, images = small_model_and_images()
+  state = create_train_state(model, optim.create_optimizer(c, steps_per_epoch=2)[0])
+  batch = {"image": images, "label": jnp.arange(len(images)) % 3}
+  step = functools.partial(train_step, cfg=cfg)
+  reference = jax.jit(functools.partial(
+      train_step, cfg=dataclasses.replace(cfg, frozen_params=())))
+
+  cond, = [e for e in jax.make_jaxpr(step)(state, batch, jax.random.key(0)).eqns
+           if e.primitive.name == "cond"]
+  trained, frozen = (str(b).count("conv_general_dilated") for b in cond.params["branches"])
+  assert frozen == trained - 1, (trained, frozen)
+  step = jax.jit(step)
+
+  ours, theirs, biases = state, state, []
+  for i in range(4):
+    ours, _ = step(ours, batch, jax.random.key(i))
+    theirs, _ = reference(theirs, batch, jax.random.key(i))
+    for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(theirs.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    biases.append(np.asarray(ours.params["whiten_bias"][...]))
+  assert not np.array_equal(biases[0], biases[1])
+  np.testing.assert_array_equal(biases[1], biases[3])
+
+
 def test_smoke_variant_runs_from_the_command_line(tiny_folder, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.airbench", "--config=experiments/airbench.py:smoke",
@@ -442,14 +482,16 @@ def test_the_ablation_turns_off_one_trick_per_point(tmp_path):
   """experiments/airbench_ablation.py plans its sweep (every override a valid key of the
   recipe) and each point differs from the recipe in exactly the keys it names; the
   recipe is the main job but for frozen BatchNorm scales, so that the point
-  `bn_scales_trained` is the main job."""
+  `bn_scales_trained` is the main job, and the whitening bias trained throughout, as
+  the main job had it when the study's runs were made."""
   from experiments import airbench_ablation
   from research import sweep as sweep_lib
   sweep = airbench_ablation.get_sweep()
   base = airbench_ablation.get_config()
   before = _flat(base.to_dict())
   main_job = _flat(recipe.get_config("cpu").to_dict())
-  assert {k for k, v in before.items() if main_job[k] != v} == {"model_kwargs.bn_scale"}
+  assert {k for k, v in before.items() if main_job[k] != v} == {"model_kwargs.bn_scale",
+                                                                 "whiten_bias_epochs"}
   jobs = sweep_lib.plan(sweep, base, tmp_path, sweep.seeds, ["python"], "c.py", {})
   assert len(jobs) == len(airbench_ablation.ABLATIONS) * 3
   for job in jobs:

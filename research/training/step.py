@@ -6,6 +6,7 @@ reproducible and resumes exactly without saving any random state.
 """
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -15,7 +16,7 @@ import ml_collections
 from research import errors
 from research import losses
 from research import preprocess
-from research.models import is_kernel
+from research.models import is_kernel, path_names
 from research.training import averaging
 from research.training.state import TrainState, apply_model, evaluated_weights
 
@@ -52,6 +53,10 @@ class StepConfig:
   # backbone: the forward pass of training runs in inference mode, so that a frozen
   # backbone's BatchNorm statistics stay fixed and its features are the ones evaluated.
   freeze: str = "none"
+  # Top-level parameters that the optimiser stops updating from step `frozen_from_step`
+  # on (config.whiten_bias_epochs): from then the step takes no gradient for them.
+  frozen_params: tuple[str, ...] = ()
+  frozen_from_step: int = 0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, num_devices: int = 1,
@@ -62,7 +67,9 @@ class StepConfig:
     derived = {"augment": preprocess.parse_augment(config.augment),
                "micro_batches": micro_batches(config, num_devices),
                "data_shards": num_devices, "class_weights": tuple(class_weights),
-               "total_steps": steps_per_epoch * config.num_epochs}
+               "total_steps": steps_per_epoch * config.num_epochs,
+               "frozen_params": ("whiten_bias",) if config.whiten_bias_epochs else (),
+               "frozen_from_step": steps_per_epoch * config.whiten_bias_epochs}
     taken = {f.name: _typed(f.default, config[f.name]) for f in dataclasses.fields(cls)
              if f.name not in derived}
     return cls(**taken, **derived)
@@ -131,7 +138,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
                                 cfg.cutout_size, cfg.rotate_degrees, cfg.scale_range,
                                 cfg.crop_fill, batch.get("flip"))
 
-  def loss_fn(params, images, labels, dropout_key, batch_stats):
+  def loss_fn(params, images, labels, dropout_key, batch_stats, frozen=False):
+    if frozen:
+      params = jax.tree_util.tree_map_with_path(
+          lambda path, p: (jax.lax.stop_gradient(p)
+                           if path_names(path[:1])[0] in cfg.frozen_params else p), params)
     logits, batch_stats = apply_model(state, params, images, train=cfg.freeze == "none",
                                       dropout_key=dropout_key, batch_stats=batch_stats)
     loss = losses.per_example_loss(cfg.loss, logits, labels, cfg.label_smoothing,
@@ -145,10 +156,19 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, cfg: StepConfig):
     chex.assert_type([logits, loss], jnp.float32)
     return loss, (logits, batch_stats)
 
-  grad_fn = in_slices(jax.value_and_grad(loss_fn, has_aux=True), cfg.micro_batches,
-                      cfg.data_shards)
-  (loss, (logits, batch_stats)), grads = grad_fn(state.params, images, batch["label"],
-                                                 dropout_key, state.batch_stats)
+  def gradients(frozen: bool):
+    return in_slices(jax.value_and_grad(functools.partial(loss_fn, frozen=frozen),
+                                        has_aux=True), cfg.micro_batches, cfg.data_shards)
+
+  args = (state.params, images, batch["label"], dropout_key, state.batch_stats)
+  if cfg.frozen_params:
+    # Once they are frozen, no gradient flows to them, so that XLA drops the backward
+    # pass's work that only they need: for airbench's whitening bias, the gradient
+    # through the first layer (docs/performance.md). Only the taken branch runs.
+    (loss, (logits, batch_stats)), grads = jax.lax.cond(
+        state.step >= cfg.frozen_from_step, gradients(True), gradients(False), *args)
+  else:
+    (loss, (logits, batch_stats)), grads = gradients(False)(*args)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
   if cfg.max_norm:
