@@ -5,10 +5,9 @@
 
 The recipe is the paper's at experiments/airbench.py's `cpu` widths (about 20 minutes on
 this project's 2-core CPU): the main job with BatchNorm scales frozen, as the paper has
-them, so that its point `bn_scales_trained` is the main job itself, as the main job was
-when the study began: with the whitening bias trained throughout (whiten_bias_epochs=0;
-the recipe has frozen it after 3 epochs since 2026-12-05, which changes its accuracy
-within the seeds' spread, docs/airbench.md). Each point below
+them, so that its point `bn_scales_trained` is the main job, as it was when the study
+began: with the whitening bias trained throughout (whiten_bias_epochs=0; since 2026-12-05
+the recipe freezes it after 3 epochs, for faster steps: docs/airbench.md). Each point below
 overrides the config keys of one trick (docs/airbench.md lists them), 3 seeds each.
 results.md gives test accuracy, mean ± std, one row per point; the row `recipe` has
 every trick on. Test-time augmentation changes no weight, so its two rows train nothing:
