@@ -120,13 +120,18 @@ def _batch_norm_bias_mask(params):
   return jax.tree_util.tree_map_with_path(is_bias, params)
 
 
+# The airbench model's whitening bias (research/models/airbench.py), which
+# config.whiten_bias_epochs freezes.
+WHITENING_BIAS = "whiten_bias"
+
+
 def _whitening_bias_mask(params):
   """The airbench model's whitening bias (research/models/airbench.py)."""
-  if "whiten_bias" not in params:
+  if WHITENING_BIAS not in params:
     raise errors.ConfigError("config.whiten_bias_epochs is set, but the model has no "
                              "whitening bias (only model 'airbench' does): leave it at 0.")
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: path_names(path[:1]) == ["whiten_bias"], params)
+      lambda path, _: path_names(path[:1]) == [WHITENING_BIAS], params)
 
 
 def _frozen_from(steps: int, mask):

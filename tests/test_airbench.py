@@ -418,7 +418,7 @@ def test_whitening_bias_is_frozen_after_its_epochs():
     optim.create_optimizer(c, 2)[0].init(params("vgg"))
 
 
-def test_a_frozen_whitening_bias_takes_no_gradient_and_changes_no_weight():
+def test_a_frozen_whitening_bias_takes_no_gradient_and_the_rest_trains_alike():
   """Once whiten_bias_epochs freezes the whitening bias, the step takes no gradient
   through the first layer: its branch has one convolution fewer (the gradient to the
   first block's input). The weights are those of the step that computes that gradient

@@ -15,6 +15,7 @@ import ml_collections
 
 from research import errors
 from research import losses
+from research import optim
 from research import preprocess
 from research.models import is_kernel, path_names
 from research.training import averaging
@@ -64,11 +65,12 @@ class StepConfig:
                   steps_per_epoch: int = 1) -> "StepConfig":
     """`class_weights`: config.class_weights resolved against the training labels
     (losses.class_weights)."""
+    frozen = (optim.WHITENING_BIAS,) if config.whiten_bias_epochs else ()
     derived = {"augment": preprocess.parse_augment(config.augment),
                "micro_batches": micro_batches(config, num_devices),
                "data_shards": num_devices, "class_weights": tuple(class_weights),
                "total_steps": steps_per_epoch * config.num_epochs,
-               "frozen_params": ("whiten_bias",) if config.whiten_bias_epochs else (),
+               "frozen_params": frozen,
                "frozen_from_step": steps_per_epoch * config.whiten_bias_epochs}
     taken = {f.name: _typed(f.default, config[f.name]) for f in dataclasses.fields(cls)
              if f.name not in derived}
