@@ -426,10 +426,10 @@ def test_a_frozen_whitening_bias_takes_no_gradient_and_the_rest_trains_alike():
   bias stops moving."""
   c = recipe.get_config("smoke")
   c.whiten_bias_epochs = 1
-  cfg = StepConfig.from_config(c, steps_per_epoch=2)
-  assert (cfg.frozen_params, cfg.frozen_from_step) == (("whiten_bias",), 2)
+  derived = StepConfig.from_config(c, steps_per_epoch=2)
+  assert (derived.frozen_params, derived.frozen_from_step) == (("whiten_bias",), 2)
   assert StepConfig.from_config(configs.base_config()).frozen_params == ()
-  cfg = StepConfig(frozen_params=("whiten_bias",), frozen_from_step=2)
+  cfg = StepConfig(frozen_params=("whiten_bias",), frozen_from_step=2)   # nothing else
   model, images = small_model_and_images()
   state = create_train_state(model, optim.create_optimizer(c, steps_per_epoch=2)[0])
   batch = {"image": images, "label": jnp.arange(len(images)) % 3}
