@@ -312,6 +312,23 @@ def test_the_ablations_tta_rows_score_as_runs_trained_with_that_tta(tiny_folder,
   assert airbench_ablation.analyse([job], tmp_path)[0] == markdown
 
 
+def test_the_ablations_paper_table_sets_the_points_lost_beside_the_papers_figures():
+  """results.md's last table: the recipe's mean minus each row's, with the standard error
+  of two independent means, or of the runs' differences for the TTA rows (the recipe's
+  own runs re-scored); the paper's figures on their rows; rows without runs left out."""
+  from experiments import airbench_ablation
+  accuracies = {"recipe": [0.88, 0.87, 0.89], "no_whitening": [0.86, 0.87, 0.85],
+                "no_lookahead": [0.885], "zero_padding": [],
+                "no_tta": [0.86, 0.87, 0.85]}
+  table = airbench_ablation.paper_table(accuracies)
+  assert "| recipe | 3 | reference | 9.9 | – |" in table
+  # 2 points; sqrt(0.01² / 3 + 0.01² / 3) = 0.82 points; paired: std(2, 0, 4) / sqrt(3).
+  assert "| no_whitening | 3 | +2.00 ± 0.82 | 22 | – |" in table
+  assert "| no_tta | 3 | +2.00 ± 1.15 | – | 0.76 |" in table
+  assert "| no_lookahead | 1 | -0.50 | 10.7 | – |" in table
+  assert "zero_padding" not in table
+
+
 @pytest.mark.parametrize("name,kwargs", [("airbench", {"widths": (4, 4, 4)}), ("vgg", {}),
                                          ("mnist_cnn", {"batch_norm": True}),
                                          ("mlp", {"batch_norm": True})])
