@@ -15,7 +15,7 @@ they re-evaluate the recipe's runs with less of it (`--config.mode=eval
 --config.tta=...`), which scores exactly as a run trained with that `tta` would
 (tests/test_airbench.py), and saves 2 runs in 12. The paper measures each trick by the
 epochs it saves to reach 94% at full width; results.md's last table sets those figures
-beside the accuracy each trick is worth here.
+beside the accuracy each trick is worth here, and points_lost.png draws that.
 
 Variants:
   default  the paper's recipe at the `cpu` widths, 3 seeds.
@@ -24,11 +24,13 @@ Variants:
 
 import json
 
+from etils import epath
 import ml_collections
 import numpy as np
 
 from experiments import airbench
 from research import outputs
+from research import plots
 from research import sweep as sweep_lib
 from research import sweep_results
 from research.training import loop
@@ -104,14 +106,17 @@ def re_evaluate(jobs, tta: str) -> list[dict]:
 
 def analyse(jobs, sweep_dir) -> tuple[str, list]:
   """results.md's last two tables: the test-time augmentation rows, and every row's
-  accuracy lost beside the paper's figures."""
-  del sweep_dir
+  accuracy lost beside the paper's figures; and points_lost.png, that table drawn."""
   accuracies = {name: [] for name in ABLATIONS}
   for job in jobs:    # each summary.json read once
     accuracies[job.point.label].append(job.summary()["test_accuracy"])
   for name, tta in TTA_ABLATIONS.items():
     accuracies[name] = [s["test_accuracy"] for s in re_evaluate(jobs, tta)]
-  return tta_table(accuracies) + "\n" + paper_table(accuracies), []
+  figure = epath.Path(sweep_dir) / "points_lost.png"
+  plot_points_lost(accuracies, figure)
+  markdown = (tta_table(accuracies) + "\n" + paper_table(accuracies)
+              + f"\n![points lost per trick]({figure.name})\n")
+  return markdown, [figure]
 
 
 def tta_table(accuracies: dict[str, list[float]]) -> str:
@@ -126,20 +131,32 @@ def tta_table(accuracies: dict[str, list[float]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def points_lost(recipe: list[float], point: list[float], paired: bool) -> str:
-  """The recipe's mean test accuracy minus the point's, in points, ± the standard error
-  of that difference when both have 2 runs or more: of the runs' differences when they
-  are `paired` (the same runs, scored two ways), else of two independent means."""
-  if not recipe or not point:
-    return "–"
+def points_lost(recipe: list[float], point: list[float],
+                paired: bool) -> tuple[float, float]:
+  """The recipe's mean test accuracy minus the point's, in points, and the standard
+  error of that difference (nan unless both have 2 runs or more): of the runs'
+  differences when they are `paired` (the same runs, scored two ways), else of two
+  independent means."""
   lost = 100 * (np.mean(recipe) - np.mean(point))
   if min(len(recipe), len(point)) < 2:
-    return f"{lost:+.2f}"
+    return lost, float("nan")
   if paired:
     variance = np.var(np.subtract(recipe, point), ddof=1) / len(point)
   else:
     variance = np.var(recipe, ddof=1) / len(recipe) + np.var(point, ddof=1) / len(point)
-  return f"{lost:+.2f} ± {100 * np.sqrt(variance):.2f}"
+  return lost, 100 * float(np.sqrt(variance))
+
+
+def points_lost_per_row(accuracies: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
+  """`points_lost` of every row with runs but the recipe, when the recipe has runs."""
+  if not accuracies["recipe"]:
+    return {}
+  return {name: points_lost(accuracies["recipe"], mine, paired=name in TTA_ABLATIONS)
+          for name, mine in accuracies.items() if mine and name != "recipe"}
+
+
+def lost_text(lost: float, error: float) -> str:
+  return f"{lost:+.2f}" if np.isnan(error) else f"{lost:+.2f} ± {error:.2f}"
 
 
 def paper_table(accuracies: dict[str, list[float]]) -> str:
@@ -153,17 +170,47 @@ def paper_table(accuracies: dict[str, list[float]]) -> str:
            "figure.", "",
            "| point | runs | points lost here | paper: epochs to 94% | paper: points lost |",
            "|---|---|---|---|---|"]
+  lost_here = points_lost_per_row(accuracies)
   for name, mine in accuracies.items():
     if not mine:
       continue
     epochs = PAPER_EPOCHS_TO_94.get(name)
     lost = PAPER_POINTS_LOST.get(name)
-    here = ("reference" if name == "recipe" else
-            points_lost(accuracies["recipe"], mine, paired=name in TTA_ABLATIONS))
+    here = ("reference" if name == "recipe" else "–" if name not in lost_here else
+            lost_text(*lost_here[name]))
     lines.append(f"| {name} | {len(mine)} | {here} | "
                  f"{'–' if epochs is None else epochs} | "
                  f"{'–' if lost is None else f'{lost:.2f}'} |")
   return "\n".join(lines) + "\n"
+
+
+def plot_points_lost(accuracies: dict[str, list[float]], path: epath.Path) -> None:
+  """The paper table drawn: each row's points lost with bars of ± 2 standard errors,
+  where a bar clear of zero is a cost (right) or a gain (left) beyond the seeds' noise;
+  the paper's points lost at a fixed budget as crosses."""
+  plt = plots.pyplot()
+  rows = points_lost_per_row(accuracies)
+  names = list(rows)[::-1]     # the table's order, top to bottom
+  lost = np.array([rows[n][0] for n in names])
+  errors = np.array([2 * rows[n][1] for n in names])
+  fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5))
+  ax.axvline(0, color="tab:gray", lw=1)
+  ax.errorbar(lost, np.arange(len(names)), xerr=np.nan_to_num(errors), fmt="o",
+              capsize=3, label="here, ± 2 standard errors")
+  published = [(i, PAPER_POINTS_LOST[n]) for i, n in enumerate(names)
+               if n in PAPER_POINTS_LOST]
+  if published:
+    ax.plot([v for _, v in published], [i for i, _ in published], "x", color="tab:red",
+            markersize=9, mew=2, label="paper, at a fixed budget")
+  ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+  ax.set_xlabel("test accuracy points lost without the trick (the recipe's mean minus "
+                "the row's)")
+  ax.grid(alpha=0.3, axis="x")
+  ax.legend(fontsize=8)
+  ax.set_title("airbench's tricks: the test accuracy each is worth")
+  fig.tight_layout()
+  plots.save_png(fig, path)
+  plt.close(fig)
 
 
 if __name__ == "__main__":

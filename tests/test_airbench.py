@@ -303,7 +303,8 @@ def test_the_ablations_tta_rows_score_as_runs_trained_with_that_tta(tiny_folder,
     assert re_evaluated[key] == trained_without[key], key
   assert re_evaluated["test_loss"] != with_tta["test_loss"]   # the views did change
   assert json.loads((job.workdir / "config.json").read_text())["tta"] == "flip_translate"
-  markdown, _ = airbench_ablation.analyse([job], tmp_path)
+  markdown, figures = airbench_ablation.analyse([job], tmp_path)
+  assert figures == [tmp_path / "points_lost.png"] and figures[0].stat().length > 0
   assert f"| no_tta | none | 1 | {100 * trained_without['test_accuracy']:.2f} |" in markdown
   assert "| tta_flip_only | flip | 1 |" in markdown
   # The scores are kept beside the run, so the table is gathered again without checkpoints.
@@ -327,6 +328,8 @@ def test_the_ablations_paper_table_sets_the_points_lost_beside_the_papers_figure
   assert "| no_tta | 3 | +2.00 ± 1.15 | – | 0.76 |" in table
   assert "| no_lookahead | 1 | -0.50 | 10.7 | – |" in table
   assert "zero_padding" not in table
+  without_recipe = airbench_ablation.paper_table({**accuracies, "recipe": []})
+  assert "| no_whitening | 3 | – | 22 | – |" in without_recipe
 
 
 @pytest.mark.parametrize("name,kwargs", [("airbench", {"widths": (4, 4, 4)}), ("vgg", {}),
