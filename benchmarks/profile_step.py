@@ -54,12 +54,12 @@ class Instruction:
 
 
 def instructions(hlo_text: str) -> dict[str, Instruction]:
-  """Top-level instructions of the entry computation, by name."""
-  entry = hlo_text[hlo_text.index("\nENTRY "):]
+  """The instructions of every computation, by name: the entry's, and those of the
+  branches it calls (a `lax.cond` puts the whole step in one). Fused computations'
+  instructions are parsed too, but run inside their fusion, so no trace event names
+  them."""
   found = {}
-  for line in entry.splitlines()[1:]:
-    if line.startswith("}"):
-      break
+  for line in hlo_text.splitlines():
     match = _INSTRUCTION.match(line)
     if not match or match["opcode"] in ("parameter", "constant", "tuple",
                                         "get-tuple-element", "bitcast"):

@@ -13,6 +13,7 @@ import sys
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -123,6 +124,23 @@ def test_profile_step_smoke(tmp_path):
                  "--top=40", f"--trace_dir={tmp_path}"])
   assert "| f32[16,28,28,8] " in stdout and "jvp()/conv_general_dilated" in stdout
   assert list(tmp_path.glob("**/*.trace.json.gz"))
+
+
+def test_profile_step_finds_the_operations_inside_a_cond():
+  """The main job's step runs in one branch of a `lax.cond` (the whitening bias frozen
+  or not), so the table must read the branches' instructions, not only the entry's."""
+  from benchmarks import profile_step
+
+  def step(frozen, x, w):
+    conv = lambda x: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=(
+        "NHWC", "HWIO", "NHWC"))
+    return jax.lax.cond(frozen, conv, lambda x: 2 * conv(x), x)
+
+  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  hlo = jax.jit(step).lower(True, x, w).compile().as_text()
+  found = profile_step.instructions(hlo)
+  assert any(i.kind == "convolution" and i.shape == "f32[2,8,8,4]" and "cond" in i.source
+             for i in found.values()), found
 
 
 def test_scan_vs_loop_smoke():
